@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lopt.tasks.base import SPLITS, Task, sample_split
+from lopt.tasks.base import SPLITS, Task, eval_split, sample_split
 
 #: Keyword under which the validation loss reaches an optimizer's ``update`` (training loss: ``value``).
 VALID_LOSS_KWARG = "valid_loss"
@@ -183,7 +183,7 @@ def _make_run(spec, optimizer, num_steps, eval_every, eval_size, eval_splits, va
         k_init, k_steps, k_eval = jax.random.split(key, 3)
         params = spec.init(hp, k_init)
         opt_state = opt.init(params)
-        eval_batches = {s: spec.eval_batch(hp, data[s], eval_size) for s in eval_splits}
+        eval_batches = {s: eval_split(spec, hp, data, s, eval_size) for s in eval_splits}
 
         def evaluate(params, dead):
             return {s: jnp.where(dead, jnp.nan, spec.loss(hp, params, eval_batches[s], k_eval))

@@ -56,11 +56,16 @@ class TaskSpec(abc.ABC):
         idx = jax.random.randint(key, (self.batch_size,), 0, high)
         return jax.tree_util.tree_map(lambda a: a[idx], data)
 
-    def eval_batch(self, hp: HParams, data: Any, size: int) -> Batch:
-        """A fixed batch for evaluation: the first ``size`` examples of the split."""
+    def eval_batch(self, hp: HParams, data: Any, size: int, *, limit=None) -> Batch:
+        """A fixed batch for evaluation: the first ``size`` examples of the split (cycling
+        through the first ``limit`` rows when the task trains on a subset)."""
         if data is None:
             return {}
-        return jax.tree_util.tree_map(lambda a: a[:size], data)
+        n = jax.tree_util.tree_leaves(data)[0].shape[0]
+        if limit is None:
+            return jax.tree_util.tree_map(lambda a: a[:size], data)
+        idx = jnp.arange(min(size, n)) % limit
+        return jax.tree_util.tree_map(lambda a: a[idx], data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +89,8 @@ class Task:
     family: str
     config: Mapping[str, Any]
     _build: Callable[[Mapping[str, Any]], TaskParts] = dataclasses.field(repr=False)
+    #: Which part of the task set the task belongs to: "meta_train", "held_out", "ood" or "".
+    group: str = ""
 
     @functools.cached_property
     def _parts(self) -> TaskParts:
@@ -135,7 +142,7 @@ class Task:
 
     def eval_batch(self, split: str, size: int = 512) -> Batch:
         _check_split(split)
-        return self.spec.eval_batch(self.hparams, self.data[split], size)
+        return eval_split(self.spec, self.hparams, self.data, split, size)
 
     def num_params(self) -> int:
         spec, hp = self.spec, self.hparams  # materialise outside the trace
@@ -162,12 +169,20 @@ def _to_device(array):
     return hit[1]
 
 
+def _limit(hp, split):
+    if split == "train" and "n_train" in hp:
+        return hp["n_train"].astype(jnp.int32)
+    return None
+
+
 def sample_split(spec: TaskSpec, hp, data, split: str, key):
     """Draws a minibatch from one split; the train split honours ``hp['n_train']`` if present."""
-    limit = None
-    if split == "train" and "n_train" in hp:
-        limit = hp["n_train"].astype(jnp.int32)
-    return spec.sample_batch(hp, data[split], key, limit=limit)
+    return spec.sample_batch(hp, data[split], key, limit=_limit(hp, split))
+
+
+def eval_split(spec: TaskSpec, hp, data, split: str, size: int):
+    """The fixed evaluation batch of one split (of the training subset for ``train``)."""
+    return spec.eval_batch(hp, data[split], size, limit=_limit(hp, split))
 
 
 def _check_split(split):

@@ -1,0 +1,131 @@
+"""The ``lopt`` command line. ``lopt`` alone runs the main job on its defaults."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_STEPS = 1000
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lopt", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("tasks", help="list and filter the task set")
+    p.add_argument("--family", action="append", help="only this family (repeatable)")
+    p.add_argument("--group", choices=("meta_train", "held_out", "ood"))
+    p.add_argument("--limit", type=_positive_int, help="show at most this many tasks")
+    p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+
+    p = sub.add_parser("baselines", help="run tuned baselines on tasks, store and show them")
+    p.add_argument("--task", action="append", help="task id (repeatable); default: a sample")
+    p.add_argument("--family", action="append", help="sample only these families")
+    p.add_argument("--group", default="held_out", choices=("meta_train", "held_out", "ood"))
+    p.add_argument("--per-family", type=_positive_int, default=1,
+                   help="tasks per family in the default sample")
+    p.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS)
+    p.add_argument("--store", type=Path, help="baseline store folder (default: $LOPT_STORE "
+                   "or ~/.cache/lopt/baselines)")
+    p.add_argument("--out", type=Path, default=Path("lopt-report"), help="report folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command or "baselines"
+    if args.command is None:
+        args = build_parser().parse_args(["baselines", *(argv or [])])
+    try:
+        if command == "tasks":
+            return _tasks(args)
+        return _baselines(args)
+    except ValueError as e:
+        print(f"lopt: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _tasks(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from lopt.tasks.taskset import task_set
+
+    tasks = task_set(args.group, families=args.family)[: args.limit]
+    if args.json:
+        for t in tasks:
+            print(json.dumps({"id": t.id, "family": t.family, "group": t.group,
+                              "config": t.config}))
+        return 0
+    table = Table(title=f"{len(tasks)} tasks")
+    for col in ("id", "group", "config"):
+        table.add_column(col)
+    for t in tasks:
+        table.add_row(t.id, t.group, json.dumps(t.config))
+    Console().print(table)
+    return 0
+
+
+def _baselines(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from lopt.evaluate import BaselineStore, fill_store, global_learning_rate, normalise
+    from lopt.evaluate.plots import plot_curves_grid
+    from lopt.evaluate.store import atomic_write_text, best_loss, initial_loss
+    from lopt.tasks.taskset import get_task, sample_tasks
+
+    if args.task:
+        tasks = [get_task(t) for t in args.task]
+    else:
+        tasks = sample_tasks(args.group, args.per_family, families=args.family)
+    store = BaselineStore(args.store, num_steps=args.steps)
+    console = Console()
+    console.print(f"[bold]lopt baselines[/]: {len(tasks)} tasks x {args.steps} steps, "
+                  f"store {store.folder}")
+    records = fill_store(tasks, store, seed=args.seed, progress=not args.no_progress)
+
+    glr, gscores = global_learning_rate(records)
+    table = Table(title=f"Baselines, {args.steps} steps (normalised mean train loss: 0 = best "
+                        "baseline, 1 = initial)")
+    for col in ("task", "initial", "best", "adam lr", "adam_tuned", "sgdm_tuned", "nadamw_list",
+                f"adam@{glr:.2g}"):
+        table.add_column(col, justify="right" if col != "task" else "left")
+    rows = []
+    for record, g in zip(records, gscores):
+        init, best = initial_loss(record), best_loss(record)
+        b = record["baselines"]
+        norm = {n: float(normalise(b[n]["mean_loss"], init, best)) for n in b}
+        rows.append({"task_id": record["task_id"], "initial_loss": init, "best_loss": best,
+                     "adam_lr": b["adam_tuned"]["hparams"]["learning_rate"],
+                     "normalised_mean_loss": {**norm, "adam_global": float(g)}})
+        table.add_row(record["task_id"], f"{init:.3g}", f"{best:.3g}",
+                      f"{rows[-1]['adam_lr']:.2g}",
+                      *(f"{norm[n]:.3f}" for n in ("adam_tuned", "sgdm_tuned", "nadamw_list")),
+                      f"{g:.3f}")
+    console.print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    png = plot_curves_grid(records, args.out / "baselines.png",
+                           title=f"Baseline training curves ({args.steps} steps)")
+    atomic_write_text(args.out / "baselines.json", json.dumps(
+        {"num_steps": args.steps, "global_adam_lr": glr, "tasks": rows}, indent=1))
+    console.print(f"wrote {png} and {args.out / 'baselines.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

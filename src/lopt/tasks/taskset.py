@@ -1,0 +1,97 @@
+"""The task set: a fixed, seeded list of task configurations and its deterministic split.
+
+``task_set()`` samples ``FAMILY_COUNTS[name]`` configurations from every family with a key
+derived from ``TASK_SET_SEED`` and the family's name, so the list (and every task id, which is a
+hash of the family and configuration) is the same on every machine. In-distribution tasks are
+split by a hash of their id into ``meta_train`` (80%) and ``held_out`` (20%); the families in
+``OOD_FAMILIES`` form the ``ood`` group that meta-training never sees.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import zlib
+
+import jax
+
+from lopt.tasks.base import Task
+from lopt.tasks.families import OOD_FAMILIES, family_names, get_family
+
+TASK_SET_VERSION = 1
+TASK_SET_SEED = 20200923
+GROUPS = ("meta_train", "held_out", "ood")
+HELD_OUT_PERCENT = 20
+
+#: Configurations sampled per family.
+FAMILY_COUNTS = {
+    "mlp": 200, "conv2d": 80, "conv1d": 60, "autoencoder": 80, "vae": 60, "rnn_lm": 80,
+    "regression": 120, "quadratic": 120, "test_function": 120,
+    "transformer_lm": 50, "flow": 50,
+}
+
+
+def group_of(task_id: str, family: str) -> str:
+    """The group of a task: fixed by its family and a hash of its id."""
+    if family in OOD_FAMILIES:
+        return "ood"
+    bucket = int(hashlib.sha256(task_id.encode()).hexdigest(), 16) % 100
+    return "held_out" if bucket < HELD_OUT_PERCENT else "meta_train"
+
+
+def _family_key(name: str) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(TASK_SET_SEED), zlib.crc32(name.encode()))
+
+
+@functools.lru_cache(maxsize=None)
+def _family_tasks(name: str) -> tuple[Task, ...]:
+    from lopt.tasks.base import key_to_rng
+
+    family = get_family(name)
+    rng = key_to_rng(_family_key(name))
+    tasks, seen = [], set()
+    for _ in range(20 * FAMILY_COUNTS[name]):
+        if len(tasks) == FAMILY_COUNTS[name]:
+            break
+        task = family.task(family.sample_config(rng))
+        if task.id in seen:
+            continue
+        seen.add(task.id)
+        task.group = group_of(task.id, name)
+        tasks.append(task)
+    return tuple(tasks)
+
+
+def task_set(group: str | None = None, *, families=None) -> list[Task]:
+    """The fixed task set, optionally only one ``group`` and/or some ``families``."""
+    if group is not None and group not in GROUPS:
+        raise ValueError(f"unknown task group {group!r}; allowed: {', '.join(GROUPS)}")
+    names = family_names() if families is None else tuple(families)
+    for name in names:
+        get_family(name)  # raises a clear error for unknown names
+    tasks = [t for name in names for t in _family_tasks(name)]
+    return [t for t in tasks if group is None or t.group == group]
+
+
+def get_task(task_id: str) -> Task:
+    """The task of the task set with id ``task_id`` (``family/hash``)."""
+    family = task_id.split("/", 1)[0]
+    if family not in family_names():
+        raise ValueError(f"unknown task id {task_id!r}: no family {family!r}; "
+                         f"families: {', '.join(family_names())}")
+    by_id = {t.id: t for t in _family_tasks(family)}
+    if task_id not in by_id:
+        close = difflib.get_close_matches(task_id, by_id, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown task id {task_id!r} in family {family!r}{hint}")
+    return by_id[task_id]
+
+
+def sample_tasks(group: str, per_family: int = 1, *, families=None) -> list[Task]:
+    """A small, fixed, representative sample: the first ``per_family`` tasks of each family in
+    ``group`` (task-set order, which is random but fixed)."""
+    out = []
+    for name in family_names() if families is None else families:
+        out += [t for t in task_set(group, families=[name])][:per_family]
+    return out
