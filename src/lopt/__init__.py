@@ -2,9 +2,12 @@
 
 __version__ = "0.1.0"
 
-from lopt import tasks
+from lopt import optimizers, tasks
+from lopt.optimizers import Hierarchical, LearnedAdam, LearnedOptimizer, PerParameterMLP
 from lopt.tasks import Task, TaskFamily, get_family
 from lopt.train import TrainResult, train, train_many
+from lopt.weights import WeightsError, load, save
 
-__all__ = ["tasks", "Task", "TaskFamily", "get_family", "TrainResult", "train", "train_many",
-           "__version__"]
+__all__ = ["optimizers", "tasks", "Hierarchical", "LearnedAdam", "LearnedOptimizer",
+           "PerParameterMLP", "Task", "TaskFamily", "get_family", "TrainResult", "train",
+           "train_many", "WeightsError", "load", "save", "__version__"]

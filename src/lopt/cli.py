@@ -86,7 +86,8 @@ def _baselines(args) -> int:
 
     from lopt.evaluate import BaselineStore, fill_store, global_learning_rate, normalise
     from lopt.evaluate.plots import plot_curves_grid
-    from lopt.evaluate.store import atomic_write_text, best_loss, initial_loss
+    from lopt.atomic import atomic_write_text
+    from lopt.evaluate.store import best_loss, initial_loss
     from lopt.tasks.taskset import get_task, sample_tasks
 
     if args.task:

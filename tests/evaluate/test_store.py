@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lopt.evaluate import store as store_mod
+from lopt import atomic as atomic_mod
 from lopt.evaluate.store import BaselineStore, best_loss, initial_loss
 from lopt.tasks import get_family
 
@@ -53,7 +53,7 @@ def test_interrupted_write_keeps_old_record(tmp_path, monkeypatch):
     def crash(src, dst):
         raise KeyboardInterrupt("killed during write")
 
-    monkeypatch.setattr(store_mod.os, "replace", crash)
+    monkeypatch.setattr(atomic_mod.os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
         store.put(task, {"sgdm_tuned": _record(0.1)}, seed=0)
     assert store.path(task.id).read_text() == before

@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from lopt.atomic import atomic_write_text
 from lopt.tasks.base import Task
 
 STORE_VERSION = 1
@@ -24,22 +24,6 @@ STORE_VERSION = 1
 
 def default_root() -> Path:
     return Path(os.environ.get("LOPT_STORE", Path.home() / ".cache" / "lopt" / "baselines"))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class BaselineStore:

@@ -1,0 +1,9 @@
+"""Learned optimizers (hierarchical LSTM+MLP, per-parameter MLP, learned Adam)."""
+
+from lopt.optimizers.base import LearnedOptimizer
+from lopt.optimizers.hierarchical import Hierarchical, HierarchicalState
+from lopt.optimizers.learned_adam import LearnedAdam
+from lopt.optimizers.mlp import MLPState, PerParameterMLP
+
+__all__ = ["LearnedOptimizer", "Hierarchical", "HierarchicalState", "LearnedAdam", "MLPState",
+           "PerParameterMLP"]

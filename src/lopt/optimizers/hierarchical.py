@@ -1,0 +1,171 @@
+"""The hierarchical learned optimizer of Metz et al. 2020 (the paper's "LSTM_FF").
+
+Per parameter tensor, an LSTM (shared weights, batched over tensors) reads permutation-invariant
+summaries of the tensor, the training and validation loss features, the mean of the per-element
+network's feedback outputs from the last step, and a pooled projection of every tensor's LSTM
+output. Per element, a feed-forward network reads normalised gradient, parameter and
+accumulator features; the LSTM's projected output, sinusoidal step features and tensor-size
+features enter as the bias of its first layer, so that per-element work stays three batched
+matrix products. It outputs a direction ``d`` and a magnitude ``a``; the update is
+``d * exp(exp_mult * a) * step_mult``.
+
+One addition to the published design: a learned linear skip from the per-element features to
+``d``, initialised to ``-m / sqrt(v)`` (momentum 0.9), so an untrained optimizer is already a
+sane, slow rule instead of diverging on every task (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lopt.optimizers import features as F
+from lopt.optimizers.base import LearnedOptimizer
+from lopt.optimizers.nets import init_linear, init_mlp, lstm_step, per_element_mlp
+
+#: Index of the momentum-0.9 ``m / sqrt(v)`` channel in ``features.element_features``.
+ADAM_LIKE_CHANNEL = 3 + len(F.DECAYS) + 1
+
+
+class HierarchicalState(NamedTuple):
+    step: jax.Array
+    acc: Any  # per parameter: features.Accumulators
+    clip_ms: Any  # per parameter: running mean square of the gradient
+    lstm_h: jax.Array  # [tensors, lstm_size]
+    lstm_c: jax.Array
+    feedback: jax.Array  # [tensors, feedback_size]
+    pooled: jax.Array  # [pool_size]
+    loss_stats: F.LossStats
+
+
+@dataclasses.dataclass(frozen=True)
+class Hierarchical(LearnedOptimizer):
+    """Per-tensor LSTM + per-element MLP learned optimizer (published sizes by default)."""
+
+    lstm_size: int = 64
+    ffn_hidden: tuple = (32, 32)
+    feedback_size: int = 16
+    pool_size: int = 16
+    clip_multiple: float = 10.0
+    exp_mult: float = 1e-3
+    step_mult: float = 1e-3
+    skip_init: float = -1.0
+
+    name = "hierarchical"
+
+    @property
+    def lstm_inputs(self) -> int:
+        return F.NUM_TENSOR_FEATURES + 3 + self.feedback_size + self.pool_size
+
+    def init(self, key):
+        k = jax.random.split(key, 7)
+        h = self.lstm_size
+        skip = jnp.zeros((F.NUM_ELEMENT_FEATURES,)).at[ADAM_LIKE_CHANNEL].set(self.skip_init)
+        return {
+            "lstm": init_linear(k[0], self.lstm_inputs + h, 4 * h),
+            "lstm_init": {"h": jnp.zeros((h,)), "c": jnp.zeros((h,))},
+            "feedback_init": jnp.zeros((self.feedback_size,)),
+            "pool": init_linear(k[1], h, self.pool_size),
+            "context": {  # per-tensor bias of the per-element network's first layer
+                "lstm": init_linear(k[2], h, self.ffn_hidden[0])["w"],
+                "step": init_linear(k[3], 2 * len(F.TIMESCALES), self.ffn_hidden[0])["w"],
+                "size": init_linear(k[4], 4, self.ffn_hidden[0])["w"],
+            },
+            "ffn": init_mlp(k[5], (F.NUM_ELEMENT_FEATURES, *self.ffn_hidden, 2),
+                            final_scale=1e-2),
+            "feedback": init_linear(k[6], self.ffn_hidden[-1], self.feedback_size, scale=0.1),
+            "skip": skip,
+        }
+
+    def optimizer(self, theta) -> optax.GradientTransformationExtraArgs:
+        def init_fn(params):
+            leaves = _live_leaves(params)
+            n = max(len(leaves), 1)
+            return HierarchicalState(
+                step=jnp.zeros((), jnp.int32),
+                acc=jax.tree_util.tree_map(lambda p: F.init_accumulators(p.shape), params),
+                clip_ms=jax.tree_util.tree_map(lambda p: jnp.zeros(()), params),
+                lstm_h=jnp.tile(theta["lstm_init"]["h"], (n, 1)),
+                lstm_c=jnp.tile(theta["lstm_init"]["c"], (n, 1)),
+                feedback=jnp.tile(theta["feedback_init"], (n, 1)),
+                pooled=jnp.zeros((self.pool_size,)),
+                loss_stats=F.init_loss_stats())
+
+        def update_fn(updates, state, params=None, *, value=None, valid_loss=None, **extra):
+            del extra
+            if params is None:
+                raise ValueError("the hierarchical learned optimizer needs params in update()")
+            return self._update(theta, updates, state, params, value, valid_loss)
+
+        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+    # -----------------------------------------------------------------------------------------
+
+    def _update(self, theta, grads, state: HierarchicalState, params, value, valid_loss):
+        treedef = jax.tree_util.tree_structure(params)
+        p_leaves = treedef.flatten_up_to(params)
+        g_leaves = treedef.flatten_up_to(grads)
+        acc_leaves = treedef.flatten_up_to(state.acc)
+        ms_leaves = treedef.flatten_up_to(state.clip_ms)
+        live = [i for i, p in enumerate(p_leaves) if p.size > 0]
+
+        loss_f, loss_stats = F.loss_features(state.loss_stats, value, valid_loss)
+
+        # Per element: sanitise, clip, accumulate.
+        gs, accs, mss = list(g_leaves), list(acc_leaves), list(ms_leaves)
+        for i in live:
+            g = F.sanitise(g_leaves[i])
+            g, mss[i] = F.dynamic_clip(g, ms_leaves[i], state.step, multiple=self.clip_multiple)
+            gs[i] = g
+            accs[i] = F.update_accumulators(acc_leaves[i], g)
+
+        out_leaves = [jnp.zeros_like(p) for p in p_leaves]
+        if live:
+            out_leaves, lstm_h, lstm_c, feedback, pooled = self._tensor_updates(
+                theta, state, p_leaves, gs, accs, live, loss_f, out_leaves)
+        else:
+            lstm_h, lstm_c, feedback, pooled = (state.lstm_h, state.lstm_c, state.feedback,
+                                                state.pooled)
+
+        new_state = HierarchicalState(
+            step=state.step + 1, acc=treedef.unflatten(accs), clip_ms=treedef.unflatten(mss),
+            lstm_h=lstm_h, lstm_c=lstm_c, feedback=feedback, pooled=pooled,
+            loss_stats=loss_stats)
+        return treedef.unflatten(out_leaves), new_state
+
+    def _tensor_updates(self, theta, state, p_leaves, gs, accs, live, loss_f, out_leaves):
+        # Per tensor: LSTM over [summaries, loss features, feedback mean, pooled context].
+        tensor_in = jnp.stack([F.tensor_features(gs[i], p_leaves[i], accs[i]) for i in live])
+        n = len(live)
+        lstm_in = jnp.concatenate([
+            tensor_in, jnp.tile(loss_f, (n, 1)), state.feedback,
+            jnp.tile(state.pooled, (n, 1))], axis=1)
+        h, c = lstm_step(theta["lstm"], lstm_in, state.lstm_h, state.lstm_c)
+        pooled = jnp.mean(jnp.tanh(h @ theta["pool"]["w"] + theta["pool"]["b"]), axis=0)
+
+        ctx = theta["context"]
+        step_f = F.step_features(state.step)
+        size_f = tensor_in[:, -4:]  # log size, log first/last dim, is-scalar
+        biases = h @ ctx["lstm"] + step_f @ ctx["step"] + size_f @ ctx["size"]
+
+        feedback = []
+        out_leaves = list(out_leaves)
+        for row, i in enumerate(live):
+            p = p_leaves[i]
+            x = F.element_features(gs[i], p, accs[i])
+            out, hidden = per_element_mlp(theta["ffn"], x, biases[row])
+            d = out[:, 0] + x @ theta["skip"]
+            a = out[:, 1]
+            step = d * jnp.exp(self.exp_mult * a) * self.step_mult
+            out_leaves[i] = step.reshape(p.shape).astype(p.dtype)
+            fb = jnp.mean(hidden, axis=0) @ theta["feedback"]["w"] + theta["feedback"]["b"]
+            feedback.append(jnp.tanh(fb))
+        return out_leaves, h, c, jnp.stack(feedback), pooled
+
+
+def _live_leaves(params):
+    return [p for p in jax.tree_util.tree_leaves(params) if p.size > 0]

@@ -1,0 +1,98 @@
+"""The per-parameter MLP learned optimizer (the paper's "FF" comparison point).
+
+The same per-element features and network as the hierarchical optimizer, without the per-tensor
+LSTM: the first layer's bias comes from the step, loss and tensor-size features directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lopt.optimizers import features as F
+from lopt.optimizers.base import LearnedOptimizer
+from lopt.optimizers.hierarchical import ADAM_LIKE_CHANNEL
+from lopt.optimizers.nets import init_linear, init_mlp, per_element_mlp
+
+
+class MLPState(NamedTuple):
+    step: jax.Array
+    acc: Any
+    clip_ms: Any
+    loss_stats: F.LossStats
+
+
+@dataclasses.dataclass(frozen=True)
+class PerParameterMLP(LearnedOptimizer):
+    """Per-element MLP learned optimizer (no per-tensor LSTM)."""
+
+    ffn_hidden: tuple = (32, 32)
+    clip_multiple: float = 10.0
+    exp_mult: float = 1e-3
+    step_mult: float = 1e-3
+    skip_init: float = -1.0
+
+    name = "mlp"
+
+    def init(self, key):
+        k = jax.random.split(key, 4)
+        hidden = self.ffn_hidden[0]
+        return {
+            "context": {
+                "step": init_linear(k[0], 2 * len(F.TIMESCALES), hidden)["w"],
+                "loss": init_linear(k[1], 3, hidden)["w"],
+                "size": init_linear(k[2], 4, hidden)["w"],
+            },
+            "ffn": init_mlp(k[3], (F.NUM_ELEMENT_FEATURES, *self.ffn_hidden, 2),
+                            final_scale=1e-2),
+            "skip": jnp.zeros((F.NUM_ELEMENT_FEATURES,)).at[ADAM_LIKE_CHANNEL].set(
+                self.skip_init),
+        }
+
+    def optimizer(self, theta) -> optax.GradientTransformationExtraArgs:
+        def init_fn(params):
+            return MLPState(
+                step=jnp.zeros((), jnp.int32),
+                acc=jax.tree_util.tree_map(lambda p: F.init_accumulators(p.shape), params),
+                clip_ms=jax.tree_util.tree_map(lambda p: jnp.zeros(()), params),
+                loss_stats=F.init_loss_stats())
+
+        def update_fn(updates, state, params=None, *, value=None, valid_loss=None, **extra):
+            del extra
+            if params is None:
+                raise ValueError("the per-parameter MLP learned optimizer needs params in update()")
+            return self._update(theta, updates, state, params, value, valid_loss)
+
+        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+    def _update(self, theta, grads, state: MLPState, params, value, valid_loss):
+        treedef = jax.tree_util.tree_structure(params)
+        p_leaves = treedef.flatten_up_to(params)
+        g_leaves = treedef.flatten_up_to(grads)
+        acc_leaves = list(treedef.flatten_up_to(state.acc))
+        ms_leaves = list(treedef.flatten_up_to(state.clip_ms))
+        loss_f, loss_stats = F.loss_features(state.loss_stats, value, valid_loss)
+        ctx = theta["context"]
+        shared_bias = F.step_features(state.step) @ ctx["step"] + loss_f @ ctx["loss"]
+        out = []
+        for i, p in enumerate(p_leaves):
+            if p.size == 0:
+                out.append(jnp.zeros_like(p))
+                continue
+            g = F.sanitise(g_leaves[i])
+            g, ms_leaves[i] = F.dynamic_clip(g, ms_leaves[i], state.step,
+                                             multiple=self.clip_multiple)
+            acc_leaves[i] = F.update_accumulators(acc_leaves[i], g)
+            size_f = F.size_features(p)
+            x = F.element_features(g, p, acc_leaves[i])
+            o, _ = per_element_mlp(theta["ffn"], x, shared_bias + size_f @ ctx["size"])
+            d = o[:, 0] + x @ theta["skip"]
+            step = d * jnp.exp(self.exp_mult * o[:, 1]) * self.step_mult
+            out.append(step.reshape(p.shape).astype(p.dtype))
+        new_state = MLPState(state.step + 1, treedef.unflatten(acc_leaves),
+                             treedef.unflatten(ms_leaves), loss_stats)
+        return treedef.unflatten(out), new_state

@@ -1,0 +1,201 @@
+"""Properties every learned optimizer must have (hierarchical and per-parameter MLP)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lopt.optimizers import Hierarchical, LearnedAdam, PerParameterMLP
+
+ARCHS = [Hierarchical(), PerParameterMLP()]
+IDS = ["hierarchical", "mlp"]
+
+
+def _params(key, dtype=jnp.float32):
+    k = jax.random.split(key, 4)
+    return {
+        "scalar": jnp.asarray(0.3, dtype),
+        "bias": jax.random.normal(k[0], (7,), dtype),
+        "w": jax.random.normal(k[1], (5, 6), dtype),
+        "conv": jax.random.normal(k[2], (3, 3, 2, 4), dtype),
+        "empty": jnp.zeros((0, 3), dtype),
+    }
+
+
+def _grads(key, params, scale=1.0):
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return tree.unflatten([scale * jax.random.normal(k, p.shape, p.dtype)
+                           for k, p in zip(keys, leaves)])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _update(arch, theta, grads, state, params, loss, valid=None):
+    """One update, compiled once per architecture and parameter structure (theta traced)."""
+    kw = {} if valid is None else {"valid_loss": valid}
+    return arch.optimizer(theta).update(grads, state, params, value=loss, **kw)
+
+
+def _run(arch, params, grad_list, losses, valid=None):
+    theta = arch.init(jax.random.key(0))
+    state = arch.optimizer(theta).init(params)
+    ups = []
+    for t, (g, loss) in enumerate(zip(grad_list, losses)):
+        u, state = _update(arch, theta, g, state, params, loss,
+                           None if valid is None else valid[t])
+        params = optax.apply_updates(params, u)
+        ups.append(u)
+    return ups, state
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=IDS)
+def test_update_is_permutation_equivariant(arch):
+    params = {"w": jax.random.normal(jax.random.key(1), (6, 5)), "b": jnp.ones((5,))}
+    grads = [_grads(jax.random.key(i), params) for i in range(3)]
+    perm = np.random.default_rng(0).permutation(30)
+
+    def permute(tree):
+        return {"w": tree["w"].reshape(-1)[perm].reshape(6, 5), "b": tree["b"]}
+
+    ups, _ = _run(arch, params, grads, [1.0, 0.9, 0.8])
+    ups_p, _ = _run(arch, permute(params), [permute(g) for g in grads], [1.0, 0.9, 0.8])
+    for u, up in zip(ups, ups_p):
+        np.testing.assert_allclose(permute(u)["w"], up["w"], rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(u["b"], up["b"], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=IDS)
+def test_validation_loss_changes_the_update(arch):
+    params = _params(jax.random.key(1))
+    grads = [_grads(jax.random.key(i), params) for i in range(4)]
+    losses = [2.0, 1.5, 1.2, 1.0]
+    without, _ = _run(arch, params, grads, losses)
+    low, _ = _run(arch, params, grads, losses, valid=[2.0, 1.6, 1.3, 1.1])
+    high, _ = _run(arch, params, grads, losses, valid=[2.0, 3.0, 4.0, 5.0])
+    diff = lambda a, b: max(float(jnp.abs(x - y).max())  # noqa: E731
+                            for x, y in zip(jax.tree_util.tree_leaves(a),
+                                            jax.tree_util.tree_leaves(b)) if x.size)
+    assert diff(low[-1], high[-1]) > 0
+    assert diff(without[-1], high[-1]) > 0
+    for leaf in jax.tree_util.tree_leaves(without[-1]):
+        assert jnp.all(jnp.isfinite(leaf))
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=IDS)
+@pytest.mark.parametrize("scale", [1e-10, 1.0, 1e10, 0.0])
+def test_extreme_gradient_scales_stay_finite(arch, scale):
+    theta = arch.init(jax.random.key(0))
+    params = _params(jax.random.key(1))
+    state = arch.optimizer(theta).init(params)
+    for t in range(3):
+        u, state = _update(arch, theta, _grads(jax.random.key(t), params, scale), state, params,
+                           1.0)
+        for leaf in jax.tree_util.tree_leaves((u, state)):
+            assert jnp.all(jnp.isfinite(leaf)), (scale, t)
+        assert float(jnp.abs(u["w"]).max()) < 1.0  # updates are small steps, not blow-ups
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=IDS)
+def test_one_nan_element_does_not_poison_the_state(arch):
+    theta = arch.init(jax.random.key(0))
+    params = _params(jax.random.key(1))
+    state = arch.optimizer(theta).init(params)
+    g = _grads(jax.random.key(2), params)
+    g["w"] = g["w"].at[2, 3].set(jnp.nan)
+    u, state = _update(arch, theta, g, state, params, jnp.nan)
+    mask = np.ones((5, 6), bool)
+    mask[2, 3] = False
+    assert np.all(np.isfinite(np.asarray(u["w"])[mask]))
+    for name in ("bias", "conv", "scalar"):
+        assert jnp.all(jnp.isfinite(u[name]))
+    for leaf in jax.tree_util.tree_leaves(state):
+        assert jnp.all(jnp.isfinite(leaf))
+    u, state = _update(arch, theta, _grads(jax.random.key(3), params), state, params, 1.0)
+    for leaf in jax.tree_util.tree_leaves((u, state)):
+        assert jnp.all(jnp.isfinite(leaf))
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=IDS)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_state_is_stable_and_dtypes_follow_params(arch, dtype):
+    theta = arch.init(jax.random.key(0))
+    params = _params(jax.random.key(1), dtype)
+    state0 = arch.optimizer(theta).init(params)
+    state = state0
+    for t in range(3):
+        u, state = _update(arch, theta, _grads(jax.random.key(t), params), state, params,
+                           1.0 / (t + 1))
+        assert jax.tree_util.tree_structure(state) == jax.tree_util.tree_structure(state0)
+        for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(state0)):
+            assert a.shape == b.shape and a.dtype == b.dtype
+        for name, p in params.items():
+            assert u[name].shape == p.shape and u[name].dtype == p.dtype
+    assert u["empty"].shape == (0, 3)
+    assert float(jnp.abs(u["scalar"].astype(jnp.float32))) > 0
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=IDS)
+def test_chain_vmap_and_no_recompile_on_loss(arch):
+    theta = arch.init(jax.random.key(0))
+    opt = optax.chain(optax.clip_by_global_norm(1.0), arch.optimizer(theta))
+    params = {"w": jnp.ones((4, 3))}
+    state = opt.init(params)
+    traces = []
+
+    @jax.jit
+    def step(g, state, loss):
+        traces.append(1)
+        return opt.update(g, state, params, value=loss)
+
+    for loss in (1.0, 0.5, 0.25):
+        u, state = step({"w": jnp.full((4, 3), loss)}, state, jnp.float32(loss))
+    assert len(traces) == 1
+
+    # vmap over meta-parameters (what ES does): two thetas give two different updates
+    thetas = jax.tree_util.tree_map(lambda a: jnp.stack([a, a * 1.5]), theta)
+
+    def one(th):
+        o = arch.optimizer(th)
+        return o.update({"w": jnp.ones((4, 3))}, o.init(params), params, value=1.0)[0]["w"]
+
+    out = jax.vmap(one)(thetas)
+    assert out.shape == (2, 4, 3) and not jnp.allclose(out[0], out[1])
+
+
+def test_learned_adam_equals_optax_adam():
+    arch = LearnedAdam(learning_rate=3e-3, b1=0.8, b2=0.99, eps=1e-6)
+    ours, ref = arch.optimizer(arch.init()), optax.adam(3e-3, b1=0.8, b2=0.99, eps=1e-6)
+    params = _params(jax.random.key(1))
+    s1, s2 = ours.init(params), ref.init(params)
+    for t in range(5):
+        g = _grads(jax.random.key(t), params)
+        u1, s1 = ours.update(g, s1, params, value=1.0)
+        u2, s2 = ref.update(g, s2, params)
+        for a, b in zip(jax.tree_util.tree_leaves(u1), jax.tree_util.tree_leaves(u2)):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-8)
+    hp = LearnedAdam.hyperparameters(arch.init())
+    assert float(hp["b1"]) == pytest.approx(0.8, rel=1e-6)
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=IDS)
+def test_untrained_optimizer_is_a_sane_rule(arch):
+    """At its initial theta the optimizer descends a quadratic instead of diverging."""
+    opt = arch.optimizer(arch.init(jax.random.key(0)))
+    target = jax.random.normal(jax.random.key(5), (20,))
+    loss_fn = lambda p: 0.5 * jnp.sum((p["x"] - target) ** 2)  # noqa: E731
+    params = {"x": jnp.zeros(20)}
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state):
+        loss, g = jax.value_and_grad(loss_fn)(params)
+        u, state = opt.update(g, state, params, value=loss)
+        return optax.apply_updates(params, u), state, loss
+
+    first = float(loss_fn(params))
+    for _ in range(300):
+        params, state, loss = step(params, state)
+    assert float(loss_fn(params)) < 0.8 * first
