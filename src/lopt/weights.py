@@ -55,7 +55,7 @@ def save(path: str | os.PathLike, theta, optimizer: LearnedOptimizer, *,
     card = {"format": FORMAT_VERSION, "architecture": optimizer.name,
             "config": optimizer.config(), "lopt_version": __version__,
             "provenance": provenance or {}}
-    data = st_save({k: np.ascontiguousarray(v, np.float32) for k, v in flat.items()},
+    data = st_save({k: np.array(v, np.float32, order="C") for k, v in flat.items()},
                    metadata={CARD_KEY: json.dumps(card)})
     atomic_write_bytes(path, data)
 
