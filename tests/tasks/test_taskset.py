@@ -3,6 +3,8 @@
 import hashlib
 from collections import Counter
 
+import jax
+import numpy as np
 import pytest
 
 from lopt.tasks import OOD_FAMILIES, family_names, get_family
@@ -68,3 +70,39 @@ def test_get_task_and_its_errors(tasks):
         task_set(families=["cnn"])
     with pytest.raises(ValueError, match="unknown task group"):
         task_set("train")
+
+
+def _write_idx(path, array):
+    import struct
+
+    array = np.asarray(array, np.uint8)
+    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.tobytes())
+
+
+def test_a_data_folder_adds_real_data_tasks(tmp_path, monkeypatch):
+    import optax
+
+    import lopt
+    from lopt.tasks.taskset import REAL_DATA_COUNTS, real_data_tasks
+
+    monkeypatch.delenv("LOPT_DATA_DIR", raising=False)
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for prefix, n in (("train", 300), ("t10k", 60)):
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    base = task_set(families=["mlp"])
+    extended = task_set(families=["mlp"], data_dir=tmp_path)
+    extra = extended[len(base):]
+    assert extended[: len(base)] == base and len(extra) == REAL_DATA_COUNTS["mlp"]
+    assert {t.config["dataset"] for t in extra} == {"mnist"}
+    assert [t.id for t in extra] == [t.id for t in real_data_tasks(tmp_path)
+                                     if t.family == "mlp"]  # ids are stable
+    task = extra[0]
+    assert task.data["train"]["x"].shape[1] == 784
+    r = lopt.train(task, optax.adam(1e-3), 20, jax.random.key(0), eval_splits=("train",))
+    assert np.isfinite(float(r.eval_loss["train"][-1]))
+    with pytest.raises(ValueError, match="nope"):
+        task_set(families=["mlp"], data_dir=tmp_path / "nope")

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import weakref
 from typing import Any, Callable, Mapping
 
 import jax
@@ -126,8 +127,9 @@ class Task:
     @property
     def bucket(self) -> tuple:
         """Hashable shape bucket: tasks with equal buckets can be vmapped together."""
-        shapes = jax.tree_util.tree_map(lambda a: (a.shape, str(a.dtype)), self.data)
-        return (self.spec, tuple(sorted(self.hparams)), json.dumps(shapes, sort_keys=True, default=str))
+        shapes = jax.tree_util.tree_map(lambda a: (a.shape, str(a.dtype)),
+                                        {"data": self.data, "hparams": self.hparams})
+        return (self.spec, json.dumps(shapes, sort_keys=True, default=str))
 
     def init(self, key: jax.Array) -> Params:
         return self.spec.init(self.hparams, key)
@@ -158,14 +160,16 @@ _DEVICE_CACHE: dict[int, tuple] = {}
 
 
 def _to_device(array):
-    """Device copy of a (cached, long-lived) NumPy array, shared by every task that uses it so
-    that tasks of one data set vmap over a single copy of the data."""
+    """Device copy of a NumPy array, shared by every task that uses the same array so that tasks
+    of one data set vmap over a single copy. Entries die with their NumPy array (no leak when
+    families generate fresh data per task)."""
     if not isinstance(array, np.ndarray):
         return jnp.asarray(array)
     hit = _DEVICE_CACHE.get(id(array))
-    if hit is None or hit[0] is not array:
-        hit = (array, jnp.asarray(array))
+    if hit is None or hit[0]() is not array:
+        hit = (weakref.ref(array), jnp.asarray(array))
         _DEVICE_CACHE[id(array)] = hit
+        weakref.finalize(array, _DEVICE_CACHE.pop, id(array), None)
     return hit[1]
 
 
@@ -221,10 +225,15 @@ class TaskFamily(abc.ABC):
     def sample(self, key: jax.Array) -> Task:
         return self.task(self.sample_config(key_to_rng(key)))
 
-    def task(self, config: Mapping[str, Any], *, task_id: str | None = None) -> Task:
+    def task(self, config: Mapping[str, Any], *, task_id: str | None = None,
+             data_dir=None) -> Task:
+        """The task of ``config``; ``data_dir`` is where real data sets are read from (families
+        that use them take it as a ``build`` keyword)."""
         config = json.loads(json.dumps(config))  # normalise to plain JSON types
         tid = task_id or f"{self.name}/{config_hash(self.name, config)[:10]}"
-        return Task(id=tid, family=self.name, config=config, _build=self.build)
+        build = self.build if data_dir is None else functools.partial(self.build,
+                                                                      data_dir=data_dir)
+        return Task(id=tid, family=self.name, config=config, _build=build)
 
 
 # ---------------------------------------------------------------------------------------------

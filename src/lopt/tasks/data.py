@@ -31,7 +31,7 @@ def split_arrays(arrays: dict, *, seed: int = 0, fractions=SPLIT_FRACTIONS) -> d
             for i, s in enumerate(SPLITS)}
 
 
-def _standardise(splits: dict) -> dict:
+def standardise(splits: dict) -> dict:
     """Feature-wise standardisation with training-split statistics."""
     x = splits["train"]["x"]
     axes = tuple(range(x.ndim - 1)) if x.ndim > 2 else 0
@@ -68,11 +68,29 @@ def classification(name: str) -> dict:
     else:
         raise ValueError(f"unknown data set {name!r}; allowed: {', '.join(CLASSIFICATION)}")
     arrays = {"x": np.asarray(x, np.float32), "y": np.asarray(y, np.int32)}
-    return _standardise(split_arrays(arrays))
+    return standardise(split_arrays(arrays))
 
 
 def num_classes(name: str) -> int:
+    if name in REAL_DATASETS:
+        return 10
     return int(max(int(d["y"].max()) for d in classification(name).values()) + 1)
+
+
+#: Data sets read from a user-named folder (``lopt.tasks.loaders``); never downloaded.
+REAL_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+
+
+@functools.lru_cache(maxsize=8)
+def real(name: str, data_dir: str | None = None, *, flat: bool = False) -> dict:
+    """MNIST / Fashion-MNIST / CIFAR-10 from ``data_dir`` (or ``$LOPT_DATA_DIR``) as four splits,
+    NHWC images, or flattened feature vectors with ``flat``."""
+    from lopt.tasks import loaders
+
+    splits = loaders.load(name, data_dir)
+    if not flat:
+        return splits
+    return {s: {"x": d["x"].reshape(len(d["x"]), -1), "y": d["y"]} for s, d in splits.items()}
 
 
 def _mnist1d(num_samples: int = 5000):

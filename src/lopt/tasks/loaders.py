@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from lopt.tasks.base import SPLITS
-from lopt.tasks.data import SPLIT_FRACTIONS, _standardise
+from lopt.tasks.data import SPLIT_FRACTIONS, standardise
 
 DATA_DIR_ENV = "LOPT_DATA_DIR"
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
@@ -344,4 +344,4 @@ def _make_splits(x_train, y_train, x_test, y_test, max_per_split, seed):
         out[split] = {"x": x[idx].astype(np.float32) / 255.0, "y": y[idx].astype(np.int32)}
     if len(out["train"]["y"]) == 0:
         raise DataError(f"only {n} training examples: too few to carve three splits")
-    return _standardise(out)
+    return standardise(out)

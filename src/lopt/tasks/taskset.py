@@ -63,15 +63,49 @@ def _family_tasks(name: str) -> tuple[Task, ...]:
     return tuple(tasks)
 
 
-def task_set(group: str | None = None, *, families=None) -> list[Task]:
-    """The fixed task set, optionally only one ``group`` and/or some ``families``."""
+def task_set(group: str | None = None, *, families=None, data_dir=None) -> list[Task]:
+    """The fixed task set, optionally only one ``group`` and/or some ``families``.
+
+    With ``data_dir`` (or ``$LOPT_DATA_DIR``) naming a folder with MNIST, Fashion-MNIST or
+    CIFAR-10, tasks on those data sets are appended (``real_data_tasks``).
+    """
+    import os
+
+    from lopt.tasks.loaders import DATA_DIR_ENV
+
     if group is not None and group not in GROUPS:
         raise ValueError(f"unknown task group {group!r}; allowed: {', '.join(GROUPS)}")
     names = family_names() if families is None else tuple(families)
     for name in names:
         get_family(name)  # raises a clear error for unknown names
     tasks = [t for name in names for t in _family_tasks(name)]
+    if data_dir is not None or os.environ.get(DATA_DIR_ENV):
+        tasks += [t for t in real_data_tasks(data_dir) if t.family in names]
     return [t for t in tasks if group is None or t.group == group]
+
+
+#: Tasks per family and real data set, added when a data folder is given.
+REAL_DATA_COUNTS = {"mlp": 20, "conv2d": 20}
+
+
+def real_data_tasks(data_dir=None) -> list[Task]:
+    """Tasks on the real data sets found in ``data_dir`` (or ``$LOPT_DATA_DIR``); the
+    configurations are seeded like the rest of the task set, so ids are stable."""
+    from lopt.tasks import loaders
+    from lopt.tasks.base import key_to_rng
+
+    loaders.resolve_data_dir(data_dir)  # a clear error if no folder is set or it is missing
+    tasks = []
+    for name, count in REAL_DATA_COUNTS.items():
+        family = get_family(name)
+        for dataset in loaders.available(data_dir):
+            rng = key_to_rng(jax.random.fold_in(_family_key(name), zlib.crc32(dataset.encode())))
+            for _ in range(count):
+                config = {**family.sample_config(rng), "dataset": dataset}
+                task = family.task(config, data_dir=data_dir)
+                task.group = group_of(task.id, name)
+                tasks.append(task)
+    return tasks
 
 
 def get_task(task_id: str) -> Task:

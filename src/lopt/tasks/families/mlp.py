@@ -38,6 +38,7 @@ class MLPClassifier(TaskFamily):
     description = "Multi-layer perceptron classifiers, softmax cross-entropy."
     space = {
         "dataset": data.CLASSIFICATION,
+        "dataset (with a data folder)": data.REAL_DATASETS,
         "hidden": HIDDEN,
         "activation": ACTS,
         "initializer": INITIALIZERS,
@@ -56,13 +57,18 @@ class MLPClassifier(TaskFamily):
             **init_hparams(rng),
         }
 
-    def build(self, config):
-        ds = data.classification(config["dataset"])
+    def build(self, config, *, data_dir=None):
+        name = config["dataset"]
+        if name in data.REAL_DATASETS:
+            ds = data.real(name, None if data_dir is None else str(data_dir), flat=True)
+        else:
+            ds = data.classification(name)
         spec = MLPClassifierSpec(
             in_dim=ds["train"]["x"].shape[1], hidden=tuple(config["hidden"]),
             num_classes=data.num_classes(config["dataset"]), activation=config["activation"],
             batch_size=config["batch_size"])
-        n_train = max(spec.batch_size, int(config["train_fraction"] * len(ds["train"]["y"])))
+        rows = len(ds["train"]["y"])
+        n_train = min(rows, max(spec.batch_size, int(config["train_fraction"] * rows)))
         hp = {"init_kind": config["init_kind"], "init_scale": config["init_scale"],
               "n_train": n_train}
         return TaskParts(spec, hp, ds)
