@@ -1,0 +1,1 @@
+"""Meta-training: truncated unrolls, ES/PES gradient estimators, workers, the learner."""
