@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from lopt.tasks.base import TaskSpec, eval_split, sample_split
 
@@ -30,15 +31,23 @@ class InnerState(NamedTuple):
     valid_loss: jax.Array  # latest validation loss fed to the optimizer
 
 
-class Pool(NamedTuple):
-    """Meta-train tasks of one shape bucket, stacked: ``hp`` leaves have a leading task axis."""
+@struct.dataclass
+class Pool:
+    """Meta-train tasks of one shape bucket, stacked: ``hp`` leaves have a leading task axis, and
+    so do ``data`` leaves when ``data_per_task`` (otherwise all tasks share one data set)."""
 
-    spec: TaskSpec
+    spec: TaskSpec = struct.field(pytree_node=False)
     hp: Any
     data: Any
     init_loss: jax.Array  # [tasks] loss at initialisation (normalisation's 1)
     best_loss: jax.Array  # [tasks] best tuned-baseline loss (normalisation's 0)
-    task_ids: tuple
+    task_ids: tuple = struct.field(pytree_node=False)
+    data_per_task: bool = struct.field(pytree_node=False, default=False)
+
+    def task_data(self, index):
+        if not self.data_per_task:
+            return self.data
+        return jax.tree_util.tree_map(lambda a: a[index], self.data)
 
 
 def sample_length(key, min_length: int, horizon: int):
@@ -79,23 +88,24 @@ def unroll(pool: Pool, make_opt, state: InnerState, num_steps: int, *,
     """
     spec = pool.spec
     opt = make_opt()
+    data = pool.task_data(state.task)
 
     def step(carry, _):
         state, dead = carry
         k_b, k_l, k_v, k_o = jax.random.split(jax.random.fold_in(state.key, state.step), 4)
         hp = _task_hp(pool, state.task)
-        batch = sample_split(spec, hp, pool.data, "train", k_b)
+        batch = sample_split(spec, hp, data, "train", k_b)
         loss, grads = jax.value_and_grad(lambda p: spec.loss(hp, p, batch, k_l))(state.params)
         vloss = jax.lax.cond(
             state.step % valid_every == 0,
-            lambda: spec.loss(hp, state.params, sample_split(spec, hp, pool.data, "valid", k_v),
+            lambda: spec.loss(hp, state.params, sample_split(spec, hp, data, "valid", k_v),
                               k_l),
             lambda: state.valid_loss)
         updates, opt_state = opt.update(grads, state.opt_state, state.params, value=loss,
                                         valid_loss=vloss)
         params = jax.tree_util.tree_map(lambda p, u: p + u.astype(p.dtype), state.params, updates)
         if objective == "outer_valid":
-            meta = spec.loss(hp, params, sample_split(spec, hp, pool.data, "outer_valid", k_o), k_l)
+            meta = spec.loss(hp, params, sample_split(spec, hp, data, "outer_valid", k_o), k_l)
         else:
             meta = loss
         dead = dead | ~(jnp.isfinite(loss) & _all_finite(params))

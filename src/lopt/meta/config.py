@@ -1,0 +1,108 @@
+"""Meta-training configuration: a dataclass, read from TOML and overridden by flags, validated
+before any compute starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from lopt.meta.estimators import ESTIMATORS
+
+OPTIMIZERS = ("hierarchical", "mlp", "learned_adam")
+OBJECTIVES = ("outer_valid", "train")
+NORMALISERS = ("baselines", "initial")
+
+
+@dataclasses.dataclass
+class MetaTrainConfig:
+    optimizer: str = "hierarchical"  # architecture to meta-train
+    families: list = dataclasses.field(default_factory=lambda: ["mlp"])
+    num_pools: int = 2  # shape buckets unrolled each outer step
+    pairs: int = 8  # antithetic pairs per pool (2 x pairs particles)
+    max_tasks_per_pool: int = 64
+    estimator: str = "pes"
+    sigma: float = 0.01
+    truncation: int = 50
+    horizon: int = 2000  # longest inner run; lengths are log-uniform up to it
+    min_length: int = 100
+    objective: str = "outer_valid"
+    loss_clip: float = 2.0  # normalised meta-loss is clipped to [-clip, clip]
+    outer_lr: float = 3e-4
+    outer_clip: float = 0.1
+    outer_steps: int = 1000
+    # Phase 1 of the curriculum: short truncations with antithetic ES for the first steps.
+    warmup_steps: int = 0
+    warmup_truncation: int = 10
+    warmup_estimator: str = "es"
+    seed: int = 0
+    normalise: str = "baselines"  # "baselines" (from the store) or "initial" (loss / init)
+    store: str | None = None  # baseline store folder (default: $LOPT_STORE or ~/.cache)
+    fill_baselines: bool = False  # run missing tuned-Adam baselines before meta-training
+    checkpoint_every: int = 25
+    eval_every: int = 100
+    eval_tasks: int = 4
+    eval_steps: int = 500
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> "MetaTrainConfig":
+        path = Path(path)
+        if not path.exists():
+            raise ValueError(f"config file {path} does not exist")
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"config file {path} is not valid TOML: {e}") from e
+        return cls.from_dict({**values, **overrides})
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "MetaTrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}; allowed: {sorted(names)}")
+        config = cls(**{k: v for k, v in values.items() if v is not None})
+        config.validate()
+        return config
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first bad value and what is allowed."""
+        from lopt.tasks import OOD_FAMILIES, family_names
+
+        def need(cond, msg):
+            if not cond:
+                raise ValueError(msg)
+
+        need(self.optimizer in OPTIMIZERS,
+             f"optimizer {self.optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+        for name in (self.estimator, self.warmup_estimator):
+            need(name in ESTIMATORS,
+                 f"estimator {name!r} is unknown; allowed: {', '.join(ESTIMATORS)}")
+        need(self.objective in OBJECTIVES,
+             f"objective {self.objective!r} is unknown; allowed: {', '.join(OBJECTIVES)}")
+        need(self.normalise in NORMALISERS,
+             f"normalise {self.normalise!r} is unknown; allowed: {', '.join(NORMALISERS)}")
+        need(isinstance(self.families, list) and self.families, "families must be a non-empty list")
+        for f in self.families:
+            need(f in family_names(), f"family {f!r} is unknown; allowed: {', '.join(family_names())}")
+            need(f not in OOD_FAMILIES,
+                 f"family {f!r} is out-of-distribution: meta-training never sees it")
+        need(self.sigma > 0, f"sigma must be positive, got {self.sigma}")
+        for name in ("num_pools", "pairs", "max_tasks_per_pool", "truncation", "horizon",
+                     "min_length", "outer_steps", "checkpoint_every", "eval_every",
+                     "warmup_truncation", "eval_tasks", "eval_steps"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and value > 0,
+                 f"{name} must be a positive integer, got {value!r}")
+        need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        for name in ("truncation", "warmup_truncation", "min_length"):
+            need(getattr(self, name) <= self.horizon,
+                 f"{name} ({getattr(self, name)}) is longer than the horizon ({self.horizon})")
+        need(self.outer_lr > 0, f"outer_lr must be positive, got {self.outer_lr}")
+        need(self.outer_clip > 0, f"outer_clip must be positive, got {self.outer_clip}")
+        need(self.loss_clip > 0, f"loss_clip must be positive, got {self.loss_clip}")

@@ -1,0 +1,238 @@
+"""The meta-training loop: workers estimate, the learner applies; checkpoints, metrics, evals.
+
+A run folder holds ``config.json``, ``metrics.jsonl`` (one JSON object per outer step, appended
+and flushed), ``checkpoint.npz`` (atomic) and ``theta.safetensors`` (the latest weights, a
+normal lopt weights file). ``meta_train(config, run_dir)`` starts a run; ``resume(run_dir)``
+continues one from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lopt.meta.checkpoint import load_checkpoint, save_checkpoint
+from lopt.meta.config import MetaTrainConfig
+from lopt.meta.learner import Learner
+from lopt.meta.worker import UnrollConfig, Worker, build_pools
+from lopt.tasks.base import Task, eval_split
+
+CHECKPOINT = "checkpoint.npz"
+
+
+def make_learned(name: str):
+    from lopt.weights import architectures
+
+    return architectures()[name]()
+
+
+def select_tasks(config: MetaTrainConfig, group: str = "meta_train") -> list[list[Task]]:
+    """The tasks of each pool: the ``num_pools`` largest shape buckets of the configured
+    families in ``group`` (ties broken by task id), each capped at ``max_tasks_per_pool``."""
+    from lopt.tasks.taskset import task_set
+
+    buckets: dict[Any, list[Task]] = defaultdict(list)
+    for t in task_set(group, families=config.families):
+        buckets[t.bucket].append(t)
+    ranked = sorted(buckets.values(), key=lambda ts: (-len(ts), min(t.id for t in ts)))
+    return [sorted(ts, key=lambda t: t.id)[: config.max_tasks_per_pool]
+            for ts in ranked[: config.num_pools]]
+
+
+def normalisers(tasks: list[Task], config: MetaTrainConfig, *, num_steps: int,
+                progress: bool = False) -> dict[str, tuple[float, float]]:
+    """(initial loss, best baseline loss) per task: from the baseline store, or (loss at init,
+    0) when ``normalise == "initial"``."""
+    if config.normalise == "initial":
+        out = {}
+        for t in tasks:
+            params = t.init(jax.random.key(config.seed))
+            loss = t.loss(params, eval_split(t.spec, t.hparams, t.data, "train", 256),
+                          jax.random.key(0))
+            out[t.id] = (float(loss), 0.0)
+        return out
+    from lopt.evaluate import BaselineStore, best_loss, fill_store, initial_loss
+
+    store = BaselineStore(config.store, num_steps=num_steps)
+    missing = [t for t in tasks if store.missing(t, ["adam_tuned"])]
+    if missing and not config.fill_baselines:
+        raise ValueError(
+            f"the baseline store {store.folder} has no tuned-Adam baselines for {len(missing)} "
+            f"of the {len(tasks)} tasks at {num_steps} steps (e.g. {missing[0].id}); run with "
+            "--fill-baselines, or set normalise = \"initial\"")
+    if missing:
+        fill_store(missing, store, names=["adam_tuned"], seed=config.seed, progress=progress)
+    records = {t.id: store.get(t) for t in tasks}
+    return {i: (initial_loss(r), best_loss(r)) for i, r in records.items()}
+
+
+class MetaTrainer:
+    """Builds workers and the learner from a config; runs, checkpoints and resumes."""
+
+    def __init__(self, config: MetaTrainConfig, run_dir: str | Path, *, progress: bool = True):
+        config.validate()
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.learned = make_learned(config.optimizer)
+        pool_tasks = select_tasks(config)
+        if not pool_tasks:
+            raise ValueError(f"no meta-train tasks in families {config.families}")
+        flat = [t for ts in pool_tasks for t in ts]
+        norms = normalisers(flat, config, num_steps=config.horizon, progress=progress)
+        pools = []
+        for ts in pool_tasks:
+            pools += build_pools(ts, norms, config.pairs)
+        self.worker = Worker(self.learned, pools, self.unroll_config(0), seed=config.seed,
+                             families=[ts[0].family for ts in pool_tasks])
+        theta = self.learned.init(jax.random.key(config.seed))
+        self.learner = Learner(theta, learning_rate=config.outer_lr, clip=config.outer_clip)
+        self.worker.init(theta)
+        self.step = 0
+        self.wall = 0.0
+        self.eval_tasks = self._eval_tasks()
+
+    def unroll_config(self, step: int) -> UnrollConfig:
+        c = self.config
+        warm = step < c.warmup_steps
+        return UnrollConfig(
+            estimator=c.warmup_estimator if warm else c.estimator, sigma=c.sigma,
+            truncation=c.warmup_truncation if warm else c.truncation, horizon=c.horizon,
+            min_length=c.min_length, objective=c.objective, clip=c.loss_clip)
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _state(self):
+        return {"learner": self.learner.state_dict(), "worker": self.worker.state_dict()}
+
+    def save(self) -> None:
+        from lopt.weights import save
+
+        save_checkpoint(self.run_dir / CHECKPOINT, self._state(),
+                        {"step": self.step, "wall": self.wall})
+        save(self.run_dir / "theta.safetensors", self.learner.theta, self.learned,
+             provenance={"outer_steps": self.step, "config": json.loads(self.config.to_json())})
+
+    def restore(self) -> None:
+        tree, meta = load_checkpoint(self.run_dir / CHECKPOINT, self._state())
+        self.learner.load_state_dict(tree["learner"])
+        self.worker.load_state_dict(tree["worker"])
+        self.step, self.wall = int(meta["step"]), float(meta["wall"])
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, until: int | None = None) -> Learner:
+        """Runs outer steps up to ``until`` (default: the config's ``outer_steps``)."""
+        until = self.config.outer_steps if until is None else until
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(self.config.to_json())
+        with _progress(self.progress) as bar, open(self.run_dir / "metrics.jsonl", "a") as log:
+            job = bar.add_task("meta-train", total=until, completed=self.step, loss=float("nan"))
+            while self.step < until:
+                t0 = time.perf_counter()
+                self.worker.config = self.unroll_config(self.step)
+                est = self.worker.estimate(self.learner.theta, self.learner.version)
+                applied = self.learner.apply([est])
+                self.step += 1
+                dt = time.perf_counter() - t0
+                self.wall += dt
+                record = {"step": self.step, **est.metrics, **applied,
+                          "inner_steps_per_s": est.metrics["inner_steps"] / dt,
+                          "truncation": self.worker.config.truncation,
+                          "estimator": self.worker.config.estimator, "wall_time": self.wall}
+                if self.step % self.config.eval_every == 0 or self.step == until:
+                    record.update(self.evaluate())
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.update(job, completed=self.step, loss=record["meta_loss"])
+                if self.step % self.config.checkpoint_every == 0 or self.step == until:
+                    self.save()
+        return self.learner
+
+    # -- periodic evaluation ----------------------------------------------------------------
+
+    def _eval_tasks(self) -> list[list[Task]]:
+        """Held-out tasks in the pools' shape buckets (so evaluation reuses their programs)."""
+        held = select_tasks(self.config, group="held_out")
+        buckets = {ts[0].bucket for ts in select_tasks(self.config)}
+        return [ts[: self.config.eval_tasks] for ts in held if ts[0].bucket in buckets]
+
+    def evaluate(self) -> dict[str, float]:
+        """Mean training loss over ``eval_steps`` on held-out tasks, relative to the loss at
+        initialisation (lower is better; Adam at 1e-3 is reported alongside for scale)."""
+        import optax
+
+        from lopt.train import train_many
+
+        c = self.config
+        out, ours, adam = {}, [], []
+        for tasks in self.eval_tasks:
+            n = len(tasks)
+            keys = jax.random.split(jax.random.key(c.seed + 17), n)
+            thetas = jax.tree_util.tree_map(lambda a: jnp.stack([a] * n), self.learner.theta)
+            r = train_many(tasks, self.learned.optimizer, c.eval_steps, keys, opt_hparams=thetas,
+                           eval_splits=("train",), eval_every=c.eval_steps, valid_every=10)
+            a = train_many(tasks, optax.adam(1e-3), c.eval_steps, keys,
+                           eval_splits=("train",), eval_every=c.eval_steps)
+            for res, sink in ((r, ours), (a, adam)):
+                init = np.asarray(res.eval_loss["train"][:, 0])
+                mean = np.nanmean(np.asarray(res.train_loss), axis=1)
+                sink.extend(np.where(np.isfinite(mean), mean / init, 1.0))
+        if ours:
+            out["eval/relative_loss"] = float(np.mean(ours))
+            out["eval/adam_1e-3_relative_loss"] = float(np.mean(adam))
+        return out
+
+
+def _progress(enabled: bool):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("meta-loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
+                    TimeRemainingColumn(), disable=not enabled)
+
+
+def meta_train(config: MetaTrainConfig, run_dir: str | Path, *, progress: bool = True) -> Learner:
+    """Starts a new meta-training run in ``run_dir`` (which must not hold a checkpoint)."""
+    if (Path(run_dir) / CHECKPOINT).exists():
+        raise ValueError(f"{run_dir} already holds a run; resume it with --resume {run_dir}")
+    return MetaTrainer(config, run_dir, progress=progress).run()
+
+
+def resume(run_dir: str | Path, *, outer_steps: int | None = None,
+           progress: bool = True) -> Learner:
+    """Continues the run in ``run_dir`` from its last checkpoint (optionally for longer)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CHECKPOINT).exists():
+        raise ValueError(f"{run_dir} holds no checkpoint to resume")
+    values = json.loads((run_dir / "config.json").read_text())
+    if outer_steps is not None:
+        values["outer_steps"] = outer_steps
+    trainer = MetaTrainer(MetaTrainConfig.from_dict(values), run_dir, progress=progress)
+    trainer.restore()
+    _truncate_metrics(run_dir / "metrics.jsonl", trainer.step)
+    return trainer.run()
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drops metric lines written after the checkpoint (they will be recomputed)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError):
+            break  # a line cut by the kill
+    from lopt.atomic import atomic_write_text
+
+    atomic_write_text(path, "".join(k + "\n" for k in keep))

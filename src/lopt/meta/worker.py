@@ -1,0 +1,156 @@
+"""A worker computes meta-gradient estimates over the task pools it owns.
+
+The learner only ever calls ``worker.estimate(theta, version)`` and reads plain numbers and
+arrays back, so the same object can live in this process or inside a Ray actor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections import defaultdict
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lopt.meta import unroll as U
+from lopt.meta.estimators import EstimatorState, estimate, init_estimator_state
+from lopt.optimizers.base import LearnedOptimizer
+from lopt.tasks.base import Task
+
+
+@dataclasses.dataclass(frozen=True)
+class UnrollConfig:
+    """How a worker unrolls its tasks (static: changing it recompiles)."""
+
+    estimator: str = "pes"
+    sigma: float = 0.01
+    truncation: int = 50
+    horizon: int = 2000
+    min_length: int = 100
+    objective: str = "outer_valid"
+    clip: float = 2.0
+    valid_every: int = 10
+
+
+class Estimate(NamedTuple):
+    """What a worker sends back: a gradient for theta version ``version``, and metrics."""
+
+    grad: Any
+    version: int
+    metrics: dict
+
+
+def build_pools(tasks: Sequence[Task], normalisers: dict[str, tuple[float, float]],
+                pairs_per_pool: int) -> list[tuple[U.Pool, int]]:
+    """Groups tasks by shape bucket into pools (stacked hparams; shared or stacked data).
+
+    ``normalisers`` maps task id -> (initial loss, best baseline loss). Returns a list of
+    ``(pool, pairs)``.
+    """
+    buckets: dict[Any, list[Task]] = defaultdict(list)
+    for t in tasks:
+        buckets[t.bucket].append(t)
+    pools = []
+    for group in buckets.values():
+        group = sorted(group, key=lambda t: t.id)
+        first = group[0]
+        hp = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[t.hparams for t in group])
+        shared = all(_same_arrays(t.data, first.data) for t in group[1:])
+        data = first.data if shared else jax.tree_util.tree_map(
+            lambda *a: jnp.stack(a), *[t.data for t in group])
+        init = jnp.asarray([normalisers[t.id][0] for t in group], jnp.float32)
+        best = jnp.asarray([normalisers[t.id][1] for t in group], jnp.float32)
+        pool = U.Pool(first.spec, hp, data, init, best, tuple(t.id for t in group),
+                      data_per_task=not shared)
+        pools.append((pool, pairs_per_pool))
+    return pools
+
+
+def _same_arrays(a, b):
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    return len(la) == len(lb) and all(x is y for x, y in zip(la, lb))
+
+
+class Worker:
+    """Owns task pools and their inner states; estimates the meta-gradient at a given theta."""
+
+    def __init__(self, learned: LearnedOptimizer, pools: list[tuple[U.Pool, int]],
+                 config: UnrollConfig, *, seed: int = 0, families: Sequence[str] = ()):
+        self.learned = learned
+        self.pools = pools
+        self.config = config
+        self.seed = seed
+        self.families = list(families) or [p.task_ids[0].split("/")[0] for p, _ in pools]
+        self.states: list[EstimatorState] | None = None
+        self.calls = 0
+
+    # -- state ------------------------------------------------------------------------------
+
+    def init(self, theta) -> None:
+        key = jax.random.key(self.seed)
+        self.states = []
+        for i, (pool, pairs) in enumerate(self.pools):
+            keys = jax.random.split(jax.random.fold_in(key, i), pairs)
+            runs = jax.vmap(lambda k, pool=pool: U.new_run(
+                pool, lambda: self.learned.optimizer(theta), k,
+                min_length=self.config.min_length, horizon=self.config.horizon))(keys)
+            self.states.append(init_estimator_state(runs, theta))
+
+    def state_dict(self) -> dict:
+        return {"states": self.states, "calls": self.calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.states = list(state["states"])
+        self.calls = int(state["calls"])
+
+    # -- estimates --------------------------------------------------------------------------
+
+    def estimate(self, theta, version: int) -> Estimate:
+        """Averages one truncation's estimate over every pool."""
+        if self.states is None:
+            self.init(theta)
+        t0 = time.perf_counter()
+        grads, metrics = [], {}
+        key = jax.random.fold_in(jax.random.key(self.seed + 1), self.calls)
+        for i, (pool, pairs) in enumerate(self.pools):
+            fn = _compiled_estimate(self.learned, self.config, pool.spec, pool.data_per_task)
+            grad, self.states[i], meta = fn(theta, pool, self.states[i],
+                                            jax.random.fold_in(key, i))
+            grads.append(grad)
+            metrics[f"meta_loss/{self.families[i]}"] = float(meta)
+        self.calls += 1
+        grad = jax.tree_util.tree_map(lambda *g: sum(g) / len(g), *grads)
+        inner = sum(2 * pairs * self.config.truncation for _, pairs in self.pools)
+        elapsed = time.perf_counter() - t0
+        metrics["meta_loss"] = float(np.mean([v for k, v in metrics.items()]))
+        metrics["inner_steps"] = inner
+        metrics["worker_seconds"] = elapsed
+        return Estimate(jax.device_get(grad), version, metrics)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_estimate(learned, config: UnrollConfig, spec, data_per_task):
+    del spec, data_per_task  # part of the cache key only (they fix the traced shapes)
+
+    def run(theta, pool, state, key):
+        def unroll_fn(thetas, states):
+            def one(th, s):
+                s, meta, _, done = U.unroll(
+                    pool, lambda: learned.optimizer(th), s, config.truncation,
+                    objective=config.objective, valid_every=config.valid_every, clip=config.clip)
+                return s, jnp.mean(meta), done
+            return jax.vmap(one)(thetas, states)
+
+        def reset_fn(states, mask):
+            return jax.vmap(lambda s, m: U.reset(
+                pool, lambda: learned.optimizer(theta), s, m,
+                min_length=config.min_length, horizon=config.horizon))(states, mask)
+
+        return estimate(config.estimator, unroll_fn, reset_fn, theta, state, key,
+                        sigma=config.sigma)
+
+    return jax.jit(run)
