@@ -48,6 +48,8 @@ def load_checkpoint(path: str | os.PathLike, template: Any) -> tuple[Any, dict[s
     for t, a in zip(leaves, arrays):
         if _is_key(t):
             restored.append(jax.random.wrap_key_data(a, impl=jax.random.key_impl(t)))
+        elif not hasattr(t, "dtype"):  # a Python number
+            restored.append(type(t)(a.item()))
         else:
             if a.shape != np.shape(t):
                 raise ValueError(f"checkpoint {path}: leaf shape {a.shape} != {np.shape(t)}")

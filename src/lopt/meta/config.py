@@ -19,6 +19,7 @@ NORMALISERS = ("baselines", "initial")
 @dataclasses.dataclass
 class MetaTrainConfig:
     optimizer: str = "hierarchical"  # architecture to meta-train
+    optimizer_config: dict = dataclasses.field(default_factory=dict)  # its config fields
     families: list = dataclasses.field(default_factory=lambda: ["mlp"])
     num_pools: int = 2  # shape buckets unrolled each outer step
     pairs: int = 8  # antithetic pairs per pool (2 x pairs particles)

@@ -49,7 +49,7 @@ class Learner:
         norm = float("nan")
         if usable:
             grad = jax.tree_util.tree_map(lambda *g: jnp.mean(jnp.stack(g), axis=0), *usable)
-            norm = float(optax.global_norm(grad))
+            norm = float(optax.tree.norm(grad))
             self.theta, self.opt_state = self._apply(self.theta, self.opt_state, grad)
             self.version += 1
         return {"estimate_norm": norm, "dropped": dropped, "dropped_total": self.dropped,

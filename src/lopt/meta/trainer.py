@@ -27,10 +27,15 @@ from lopt.tasks.base import Task, eval_split
 CHECKPOINT = "checkpoint.npz"
 
 
-def make_learned(name: str):
+def make_learned(name: str, config: dict | None = None):
+    """The learned-optimizer architecture ``name`` with config fields ``config``."""
     from lopt.weights import architectures
 
-    return architectures()[name]()
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in (config or {}).items()}
+    try:
+        return architectures()[name](**values)
+    except TypeError as e:
+        raise ValueError(f"optimizer_config does not fit {name!r}: {e}") from e
 
 
 def select_tasks(config: MetaTrainConfig, group: str = "meta_train") -> list[list[Task]]:
@@ -81,7 +86,7 @@ class MetaTrainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.progress = progress
-        self.learned = make_learned(config.optimizer)
+        self.learned = make_learned(config.optimizer, config.optimizer_config)
         pool_tasks = select_tasks(config)
         if not pool_tasks:
             raise ValueError(f"no meta-train tasks in families {config.families}")
@@ -162,7 +167,8 @@ class MetaTrainer:
         """Held-out tasks in the pools' shape buckets (so evaluation reuses their programs)."""
         held = select_tasks(self.config, group="held_out")
         buckets = {ts[0].bucket for ts in select_tasks(self.config)}
-        return [ts[: self.config.eval_tasks] for ts in held if ts[0].bucket in buckets]
+        same = [ts[: self.config.eval_tasks] for ts in held if ts[0].bucket in buckets]
+        return same or [ts[: self.config.eval_tasks] for ts in held[:1]]
 
     def evaluate(self) -> dict[str, float]:
         """Mean training loss over ``eval_steps`` on held-out tasks, relative to the loss at

@@ -1,0 +1,92 @@
+"""Meta-training end to end: learning happens, resume is exact, NaNs never reach theta."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from lopt.meta.config import MetaTrainConfig
+from lopt.meta.trainer import MetaTrainer, meta_train, resume
+from lopt.optimizers import LearnedAdam
+
+
+def _config(**kw):
+    base = dict(optimizer="learned_adam", optimizer_config={"learning_rate": 1e-4},
+                families=["quadratic"], num_pools=1, pairs=8, max_tasks_per_pool=16,
+                truncation=10, horizon=100, min_length=20, normalise="initial",
+                outer_lr=0.05, sigma=0.05, outer_steps=150, checkpoint_every=50,
+                eval_every=1000, eval_tasks=2, eval_steps=50, seed=0)
+    base.update(kw)
+    return MetaTrainConfig.from_dict(base)
+
+
+def _losses(run_dir):
+    return [json.loads(line)["meta_loss"] for line in (run_dir / "metrics.jsonl").open()]
+
+
+def test_meta_training_learned_adam_lowers_the_meta_loss(tmp_path):
+    learner = meta_train(_config(), tmp_path / "run", progress=False)
+    losses = _losses(tmp_path / "run")
+    assert len(losses) == 150
+    first, last = np.mean(losses[:10]), np.mean(losses[-20:])
+    assert last < 0.6 * first, (first, last)
+    lr = float(LearnedAdam.hyperparameters(learner.theta)["learning_rate"])
+    assert lr > 3e-4  # it learned that 1e-4 is far too small
+    assert (tmp_path / "run" / "theta.safetensors").exists()
+
+
+def test_resume_gives_identical_theta(tmp_path):
+    config = _config(outer_steps=6, checkpoint_every=3)
+    straight = MetaTrainer(config, tmp_path / "a", progress=False).run()
+    first = MetaTrainer(config, tmp_path / "b", progress=False)
+    first.run(until=3)  # checkpoint at 3, then "killed"
+    del first
+    resumed = resume(tmp_path / "b", progress=False)
+    for a, b in zip(jax.tree_util.tree_leaves(straight.theta),
+                    jax.tree_util.tree_leaves(resumed.theta)):
+        np.testing.assert_array_equal(a, b)
+    assert [r["step"] for r in map(json.loads, (tmp_path / "b" / "metrics.jsonl").open())] == \
+        list(range(1, 7))
+    with pytest.raises(ValueError, match="already holds a run"):
+        meta_train(config, tmp_path / "b", progress=False)
+
+
+def test_diverging_tasks_do_not_put_nan_into_theta(tmp_path):
+    config = _config(optimizer_config={"learning_rate": 50.0}, outer_steps=5, eval_every=5)
+    trainer = MetaTrainer(config, tmp_path / "run", progress=False)
+    learner = trainer.run()
+    for leaf in jax.tree_util.tree_leaves(learner.theta):
+        assert np.all(np.isfinite(np.asarray(leaf)))
+    losses = _losses(tmp_path / "run")
+    assert all(np.isfinite(losses)) and max(losses) == pytest.approx(2.0)  # clipped, counted
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("sigma", -0.1, "sigma must be positive"),
+    ("estimator", "reinforce", "estimator 'reinforce' is unknown"),
+    ("truncation", 500, "longer than the horizon"),
+    ("families", ["flow"], "out-of-distribution"),
+    ("families", ["nope"], "family 'nope' is unknown"),
+    ("optimizer", "lion", "optimizer 'lion' is unknown"),
+    ("pairs", 0, "pairs must be a positive integer"),
+])
+def test_bad_config_values_fail_before_compute(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        _config(**{field: value})
+
+
+def test_missing_baseline_store_is_a_clear_error(tmp_path):
+    config = _config(normalise="baselines", store=str(tmp_path / "empty-store"))
+    with pytest.raises(ValueError, match="no tuned-Adam baselines"):
+        MetaTrainer(config, tmp_path / "run", progress=False)
+
+
+def test_config_file_and_unknown_fields(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('optimizer = "mlp"\nfamilies = ["mlp"]\nsigma = 0.02\n')
+    config = MetaTrainConfig.from_file(path, outer_steps=7)
+    assert config.sigma == 0.02 and config.outer_steps == 7 and config.optimizer == "mlp"
+    path.write_text("sigmaa = 1\n")
+    with pytest.raises(ValueError, match="unknown config field"):
+        MetaTrainConfig.from_file(path)
