@@ -42,6 +42,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("lopt-report"), help="report folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("meta-train", help="meta-train a learned optimizer (ES / PES)")
+    p.add_argument("--config", type=Path, help="TOML config file (fields of MetaTrainConfig)")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR")
+    p.add_argument("--out", type=Path, default=Path("lopt_runs/run"), help="run folder")
+    p.add_argument("--no-progress", action="store_true")
+    for name, kind in (("optimizer", str), ("estimator", str), ("sigma", float),
+                       ("truncation", _positive_int), ("horizon", _positive_int),
+                       ("outer-steps", _positive_int), ("outer-lr", float),
+                       ("pairs", _positive_int), ("num-pools", _positive_int),
+                       ("seed", int), ("normalise", str), ("store", str)):
+        p.add_argument(f"--{name}", type=kind)
+    p.add_argument("--family", action="append", help="meta-train family (repeatable)")
+    p.add_argument("--fill-baselines", action="store_true",
+                   help="run missing tuned-Adam baselines of the meta-train tasks first")
+
+    p = sub.add_parser("plot", help="draw a meta-training run's curves to PNG")
+    p.add_argument("run", type=Path)
+    p.add_argument("--out", type=Path)
     return parser
 
 
@@ -53,10 +72,43 @@ def main(argv=None) -> int:
     try:
         if command == "tasks":
             return _tasks(args)
+        if command == "meta-train":
+            return _meta_train(args)
+        if command == "plot":
+            from lopt.meta.plots import plot_run
+
+            print(plot_run(args.run, args.out))
+            return 0
         return _baselines(args)
     except ValueError as e:
         print(f"lopt: error: {e}", file=sys.stderr)
         return 2
+
+
+def _meta_train(args) -> int:
+    from lopt.meta.config import MetaTrainConfig
+    from lopt.meta.trainer import meta_train, resume
+
+    progress = not args.no_progress
+    if args.resume:
+        learner = resume(args.resume, outer_steps=args.outer_steps, progress=progress)
+        out = args.resume
+    else:
+        overrides = {k: getattr(args, k.replace("-", "_")) for k in (
+            "optimizer", "estimator", "sigma", "truncation", "horizon", "outer_steps",
+            "outer_lr", "pairs", "num_pools", "seed", "normalise", "store")}
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if args.family:
+            overrides["families"] = args.family
+        if args.fill_baselines:
+            overrides["fill_baselines"] = True
+        config = (MetaTrainConfig.from_file(args.config, **overrides) if args.config
+                  else MetaTrainConfig.from_dict(overrides))
+        learner = meta_train(config, args.out, progress=progress)
+        out = args.out
+    print(f"meta-trained {learner.version} outer steps; weights: {out}/theta.safetensors, "
+          f"metrics: {out}/metrics.jsonl (plot: lopt plot {out})")
+    return 0
 
 
 def _tasks(args) -> int:
