@@ -103,6 +103,12 @@ class MetaTrainer:
         self.step = 0
         self.wall = 0.0
         self.eval_tasks = self._eval_tasks()
+        if config.normalise == "baselines" and config.fill_baselines:
+            from lopt.evaluate import BaselineStore, fill_store
+
+            fill_store([t for ts in self.eval_tasks for t in ts],
+                       BaselineStore(config.store, num_steps=config.eval_steps),
+                       names=["adam_tuned"], seed=config.seed, progress=progress)
 
     def unroll_config(self, step: int) -> UnrollConfig:
         c = self.config
@@ -178,7 +184,8 @@ class MetaTrainer:
         from lopt.train import train_many
 
         c = self.config
-        out, ours, adam = {}, [], []
+        out, ours, adam, normalised = {}, [], [], []
+        records = self._eval_records()
         for tasks in self.eval_tasks:
             n = len(tasks)
             keys = jax.random.split(jax.random.key(c.seed + 17), n)
@@ -191,10 +198,34 @@ class MetaTrainer:
                 init = np.asarray(res.eval_loss["train"][:, 0])
                 mean = np.nanmean(np.asarray(res.train_loss), axis=1)
                 sink.extend(np.where(np.isfinite(mean), mean / init, 1.0))
+            mean = np.asarray(r.train_loss).mean(axis=1)
+            for task, m in zip(tasks, mean):
+                if records.get(task.id):
+                    normalised.append(_normalised(records[task.id], m))
         if ours:
             out["eval/relative_loss"] = float(np.mean(ours))
             out["eval/adam_1e-3_relative_loss"] = float(np.mean(adam))
+        if normalised:  # 0 = best stored baseline, 1 = initial; tuned Adam's score beside it
+            out["eval/normalised_loss"] = float(np.mean([n[0] for n in normalised]))
+            out["eval/adam_tuned_normalised_loss"] = float(np.mean([n[1] for n in normalised]))
         return out
+
+    def _eval_records(self) -> dict:
+        """Stored baselines of the evaluation tasks at ``eval_steps`` (those present)."""
+        if self.config.normalise != "baselines":
+            return {}
+        from lopt.evaluate import BaselineStore
+
+        store = BaselineStore(self.config.store, num_steps=self.config.eval_steps)
+        return {t.id: store.get(t) for ts in self.eval_tasks for t in ts}
+
+
+def _normalised(record, mean_loss) -> tuple[float, float]:
+    from lopt.evaluate import best_loss, initial_loss, normalise
+
+    init, best = initial_loss(record), best_loss(record)
+    tuned = record["baselines"]["adam_tuned"]["mean_loss"]
+    return float(normalise(mean_loss, init, best)), float(normalise(tuned, init, best))
 
 
 def _progress(enabled: bool):

@@ -1,0 +1,123 @@
+"""Meta-training throughput: inner steps per second of the ES/PES engine versus a naive loop.
+
+Setting of the issue: 16 tasks of an 8x8-input (digits) MLP with 32 hidden units, batch 128,
+truncations of 50 steps, PES. The engine vmaps all particles of the pool and runs each
+truncation as one compiled scan; the naive loop runs one task at a time with a jitted inner
+step called from Python. Compile time is measured separately (first call minus a warm call).
+
+Run: python benchmarks/bench_meta.py  (writes benchmarks/results/meta.{json,md})
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lopt.meta import unroll as U
+from lopt.meta.worker import UnrollConfig, Worker, build_pools
+from lopt.optimizers import Hierarchical, PerParameterMLP
+from lopt.tasks import get_family
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def digits_tasks(n):
+    fam = get_family("mlp")
+    return [fam.task({"dataset": "digits", "hidden": [32], "activation": "relu",
+                      "batch_size": 128, "train_fraction": 1.0, "init_kind": i % 3,
+                      "init_scale": round(0.5 + 0.1 * i, 2)}) for i in range(n)]
+
+
+def engine_rate(learned, tasks, pairs, truncation, repeats):
+    norms = {t.id: (2.5, 0.0) for t in tasks}
+    pools = build_pools(tasks, norms, pairs)
+    worker = Worker(learned, pools, UnrollConfig(estimator="pes", truncation=truncation,
+                                                 horizon=2000, min_length=100))
+    theta = learned.init(jax.random.key(0))
+    t0 = time.perf_counter()
+    est = worker.estimate(theta, 0)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        est = worker.estimate(theta, 0)
+        times.append(est.metrics["worker_seconds"])
+    warm = statistics.median(times)
+    inner = est.metrics["inner_steps"]
+    return {"particles": 2 * pairs, "inner_steps_per_outer": inner,
+            "inner_steps_per_s": inner / warm, "outer_step_s": warm,
+            "compile_s": max(0.0, first - warm)}
+
+
+def naive_rate(learned, task, truncation, runs=4):
+    """One particle at a time, Python loop over inner steps (a jitted single step)."""
+    theta = learned.init(jax.random.key(0))
+    opt = learned.optimizer(theta)
+    spec, hp, data = task.spec, task.hparams, task.data
+    from lopt.tasks.base import sample_split
+
+    @jax.jit
+    def step(params, state, key):
+        kb, kl, ko = jax.random.split(key, 3)
+        batch = sample_split(spec, hp, data, "train", kb)
+        loss, g = jax.value_and_grad(lambda p: spec.loss(hp, p, batch, kl))(params)
+        u, state = opt.update(g, state, params, value=loss)
+        params = optax.apply_updates(params, u)
+        meta = spec.loss(hp, params, sample_split(spec, hp, data, "outer_valid", ko), kl)
+        return params, state, meta
+
+    params = task.init(jax.random.key(0))
+    state = opt.init(params)
+    jax.block_until_ready(step(params, state, jax.random.key(0)))
+    t0 = time.perf_counter()
+    for r in range(runs):
+        for t in range(truncation):
+            params, state, meta = step(params, state, jax.random.key(t))
+    jax.block_until_ready(meta)
+    return {"inner_steps_per_s": runs * truncation / (time.perf_counter() - t0)}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    tasks = digits_tasks(16)
+    results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                           "jax": jax.__version__},
+               "setting": "digits MLP 64-32-10, batch 128, truncation 50, PES", "rows": []}
+    for name, learned in (("hierarchical", Hierarchical()), ("mlp", PerParameterMLP())):
+        naive = naive_rate(learned, tasks[0], 50)
+        for pairs in (8, 16):
+            row = {"optimizer": name, "pairs": pairs,
+                   **engine_rate(learned, tasks, pairs, 50, args.repeats),
+                   "naive_inner_steps_per_s": naive["inner_steps_per_s"]}
+            row["speedup_vs_naive"] = row["inner_steps_per_s"] / row["naive_inner_steps_per_s"]
+            # share of a 30-minute run spent compiling (one compile per pool and truncation)
+            row["compile_share_30min"] = row["compile_s"] / 1800
+            results["rows"].append(row)
+            print(row)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "meta.json").write_text(json.dumps(results, indent=1))
+    lines = ["# Meta-training throughput", "", f"Machine: {results['machine']}", "",
+             f"Setting: {results['setting']}; 16 tasks in the pool.", "",
+             "| optimizer | particles | inner steps/s | naive inner steps/s | speed-up | "
+             "outer step s | compile s | compile share of 30 min |",
+             "|---|---|---|---|---|---|---|---|",
+             *(f"| {r['optimizer']} | {r['particles']} | {r['inner_steps_per_s']:.0f} | "
+               f"{r['naive_inner_steps_per_s']:.0f} | {r['speedup_vs_naive']:.1f}x | "
+               f"{r['outer_step_s']:.3f} | {r['compile_s']:.1f} | "
+               f"{100 * r['compile_share_30min']:.1f}% |" for r in results["rows"])]
+    (RESULTS / "meta.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
