@@ -62,7 +62,8 @@ def test_vmapped_sweep_equals_separate_runs(task):
     many = lopt.train_many(task, optax.adam, 40, keys, opt_hparams=lrs, eval_every=20)
     assert many.train_loss.shape == (3, 40)
     for i, lr in enumerate([1e-3, 1e-2, 1e-1]):
-        one = lopt.train(task, optax.adam(lr), 40, jax.random.key(7), eval_every=20)
+        one = lopt.train(task, optax.adam, 40, jax.random.key(7), opt_hparams=jnp.float32(lr),
+                         eval_every=20)
         np.testing.assert_allclose(many.train_loss[i], one.train_loss, rtol=2e-4, atol=1e-5)
 
 

@@ -2,6 +2,10 @@
 
 __version__ = "0.1.0"
 
+from lopt import _xla
+
+_xla.configure()
+
 from lopt import optimizers, tasks
 from lopt.optimizers import Hierarchical, LearnedAdam, LearnedOptimizer, PerParameterMLP
 from lopt.tasks import Task, TaskFamily, get_family
