@@ -2,8 +2,9 @@
 
 The learned optimizers' per-element networks are tall, skinny matrix products ([elements, 23] x
 [23, 32]); XLA's default CPU dot reaches about 20% of a large matmul's FLOP/s on them, and its
-YNNPACK dot emitter about 45-50% (benchmarks/results/optimizers.md). Set LOPT_XLA_FLAGS=0 to
-leave XLA_FLAGS untouched; flags already in XLA_FLAGS are never overridden.
+YNNPACK dot emitter about 45-50% (benchmarks/results/optimizers.md). The same emitter slows the
+many tiny products of a whole vmapped meta-training step, though, so it is opt-in: set
+LOPT_XLA_FLAGS=1 before importing lopt. Flags already in XLA_FLAGS are never overridden.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ FAST_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=dot",)
 
 def configure() -> bool:
     """Adds ``FAST_CPU_FLAGS`` to ``XLA_FLAGS`` if JAX has not started a backend yet."""
-    if os.environ.get("LOPT_XLA_FLAGS", "1") == "0":
+    if os.environ.get("LOPT_XLA_FLAGS", "0") != "1":
         return False
     try:
         from jax._src import xla_bridge

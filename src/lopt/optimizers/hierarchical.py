@@ -25,7 +25,7 @@ import optax
 
 from lopt.optimizers import features as F
 from lopt.optimizers.base import LearnedOptimizer
-from lopt.optimizers.nets import init_linear, init_mlp, lstm_step, per_element_mlp
+from lopt.optimizers.nets import init_linear, init_mlp, lstm_step, per_element_outputs
 
 #: Index of the momentum-0.9 ``m / sqrt(v)`` channel in ``features.element_features``.
 ADAM_LIKE_CHANNEL = 3 + len(F.DECAYS) + 1
@@ -152,19 +152,15 @@ class Hierarchical(LearnedOptimizer):
         size_f = tensor_in[:, -4:]  # log size, log first/last dim, is-scalar
         biases = h @ ctx["lstm"] + step_f @ ctx["step"] + size_f @ ctx["size"]
 
-        feedback = []
+        xs = [F.element_features(gs[i], p_leaves[i], accs[i]) for i in live]
+        steps, means = per_element_outputs(theta["ffn"], theta["skip"], xs, biases,
+                                           exp_mult=self.exp_mult, step_mult=self.step_mult)
         out_leaves = list(out_leaves)
-        for row, i in enumerate(live):
+        for step, i in zip(steps, live):
             p = p_leaves[i]
-            x = F.element_features(gs[i], p, accs[i])
-            out, hidden = per_element_mlp(theta["ffn"], x, biases[row])
-            d = out[:, 0] + x @ theta["skip"]
-            a = out[:, 1]
-            step = d * jnp.exp(self.exp_mult * a) * self.step_mult
             out_leaves[i] = step.reshape(p.shape).astype(p.dtype)
-            fb = jnp.mean(hidden, axis=0) @ theta["feedback"]["w"] + theta["feedback"]["b"]
-            feedback.append(jnp.tanh(fb))
-        return out_leaves, h, c, jnp.stack(feedback), pooled
+        feedback = jnp.tanh(means @ theta["feedback"]["w"] + theta["feedback"]["b"])
+        return out_leaves, h, c, feedback, pooled
 
 
 def _live_leaves(params):

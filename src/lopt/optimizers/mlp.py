@@ -16,7 +16,7 @@ import optax
 from lopt.optimizers import features as F
 from lopt.optimizers.base import LearnedOptimizer
 from lopt.optimizers.hierarchical import ADAM_LIKE_CHANNEL
-from lopt.optimizers.nets import init_linear, init_mlp, per_element_mlp
+from lopt.optimizers.nets import init_linear, init_mlp, per_element_outputs
 
 
 class MLPState(NamedTuple):
@@ -78,21 +78,22 @@ class PerParameterMLP(LearnedOptimizer):
         loss_f, loss_stats = F.loss_features(state.loss_stats, value, valid_loss)
         ctx = theta["context"]
         shared_bias = F.step_features(state.step) @ ctx["step"] + loss_f @ ctx["loss"]
-        out = []
-        for i, p in enumerate(p_leaves):
-            if p.size == 0:
-                out.append(jnp.zeros_like(p))
-                continue
+        live = [i for i, p in enumerate(p_leaves) if p.size > 0]
+        out = [jnp.zeros_like(p) for p in p_leaves]
+        xs, biases = [], []
+        for i in live:
+            p = p_leaves[i]
             g = F.sanitise(g_leaves[i])
             g, ms_leaves[i] = F.dynamic_clip(g, ms_leaves[i], state.step,
                                              multiple=self.clip_multiple)
             acc_leaves[i] = F.update_accumulators(acc_leaves[i], g)
-            size_f = F.size_features(p)
-            x = F.element_features(g, p, acc_leaves[i])
-            o, _ = per_element_mlp(theta["ffn"], x, shared_bias + size_f @ ctx["size"])
-            d = o[:, 0] + x @ theta["skip"]
-            step = d * jnp.exp(self.exp_mult * o[:, 1]) * self.step_mult
-            out.append(step.reshape(p.shape).astype(p.dtype))
+            xs.append(F.element_features(g, p, acc_leaves[i]))
+            biases.append(shared_bias + F.size_features(p) @ ctx["size"])
+        if live:
+            steps, _ = per_element_outputs(theta["ffn"], theta["skip"], xs, jnp.stack(biases),
+                                           exp_mult=self.exp_mult, step_mult=self.step_mult)
+            for step, i in zip(steps, live):
+                out[i] = step.reshape(p_leaves[i].shape).astype(p_leaves[i].dtype)
         new_state = MLPState(state.step + 1, treedef.unflatten(acc_leaves),
                              treedef.unflatten(ms_leaves), loss_stats)
         return treedef.unflatten(out), new_state

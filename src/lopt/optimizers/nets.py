@@ -36,3 +36,27 @@ def lstm_step(params, x, h, c):
     c = jax.nn.sigmoid(f + 1.0) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
     h = jax.nn.sigmoid(o) * jnp.tanh(c)
     return h, c
+
+
+def per_element_outputs(layers, skip, xs, biases, *, exp_mult: float, step_mult: float):
+    """Runs the per-element network once over the elements of every tensor, concatenated.
+
+    ``xs`` is a list of ``[n_i, c]`` feature matrices, ``biases`` ``[tensors, hidden]`` the
+    per-tensor first-layer context. One tall matrix product per layer keeps the work in large
+    GEMMs however small the tensors are. Returns the flat steps of each tensor and the per-tensor
+    mean of the last hidden layer (the feedback summary).
+    """
+    sizes = [x.shape[0] for x in xs]
+    x = jnp.concatenate(xs, axis=0) if len(xs) > 1 else xs[0]
+    total = x.shape[0]
+    rows = jnp.repeat(biases, jnp.asarray(sizes), axis=0, total_repeat_length=total)
+    out, hidden = per_element_mlp(layers, x, rows)
+    d = out[:, 0] + x @ skip
+    step = d * jnp.exp(exp_mult * out[:, 1]) * step_mult
+    segments = jnp.repeat(jnp.arange(len(sizes)), jnp.asarray(sizes), total_repeat_length=total)
+    means = jax.ops.segment_sum(hidden, segments, num_segments=len(sizes))
+    means = means / jnp.asarray(sizes, jnp.float32)[:, None]
+    offsets = [0]
+    for n in sizes:
+        offsets.append(offsets[-1] + n)
+    return [step[a:b] for a, b in zip(offsets[:-1], offsets[1:])], means
