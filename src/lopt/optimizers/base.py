@@ -31,6 +31,18 @@ class LearnedOptimizer(abc.ABC):
     def optimizer(self, theta: Theta) -> optax.GradientTransformationExtraArgs:
         """The optax transformation that these meta-parameters define."""
 
+    def _transformation(self, theta, init_fn) -> optax.GradientTransformationExtraArgs:
+        """Wraps ``init_fn(params)`` and ``self._update(theta, grads, state, params, value,
+        valid_loss)`` as an optax transformation (shared by the per-element optimizers)."""
+
+        def update_fn(updates, state, params=None, *, value=None, valid_loss=None, **extra):
+            del extra  # other chained transformations' keyword arguments
+            if params is None:
+                raise ValueError(f"the {self.name!r} learned optimizer needs params in update()")
+            return self._update(theta, updates, state, params, value, valid_loss)
+
+        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
     def __call__(self, theta: Theta) -> optax.GradientTransformationExtraArgs:
         return self.optimizer(theta)
 

@@ -95,13 +95,7 @@ class Hierarchical(LearnedOptimizer):
                 pooled=jnp.zeros((self.pool_size,)),
                 loss_stats=F.init_loss_stats())
 
-        def update_fn(updates, state, params=None, *, value=None, valid_loss=None, **extra):
-            del extra
-            if params is None:
-                raise ValueError("the hierarchical learned optimizer needs params in update()")
-            return self._update(theta, updates, state, params, value, valid_loss)
-
-        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+        return self._transformation(theta, init_fn)
 
     # -----------------------------------------------------------------------------------------
 

@@ -61,13 +61,7 @@ class PerParameterMLP(LearnedOptimizer):
                 clip_ms=jax.tree_util.tree_map(lambda p: jnp.zeros(()), params),
                 loss_stats=F.init_loss_stats())
 
-        def update_fn(updates, state, params=None, *, value=None, valid_loss=None, **extra):
-            del extra
-            if params is None:
-                raise ValueError("the per-parameter MLP learned optimizer needs params in update()")
-            return self._update(theta, updates, state, params, value, valid_loss)
-
-        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+        return self._transformation(theta, init_fn)
 
     def _update(self, theta, grads, state: MLPState, params, value, valid_loss):
         treedef = jax.tree_util.tree_structure(params)
