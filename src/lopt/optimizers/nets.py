@@ -47,16 +47,18 @@ def per_element_outputs(layers, skip, xs, biases, *, exp_mult: float, step_mult:
     mean of the last hidden layer (the feedback summary).
     """
     sizes = [x.shape[0] for x in xs]
-    x = jnp.concatenate(xs, axis=0) if len(xs) > 1 else xs[0]
-    total = x.shape[0]
-    rows = jnp.repeat(biases, jnp.asarray(sizes), axis=0, total_repeat_length=total)
-    out, hidden = per_element_mlp(layers, x, rows)
-    d = out[:, 0] + x @ skip
-    step = d * jnp.exp(exp_mult * out[:, 1]) * step_mult
-    segments = jnp.repeat(jnp.arange(len(sizes)), jnp.asarray(sizes), total_repeat_length=total)
-    means = jax.ops.segment_sum(hidden, segments, num_segments=len(sizes))
-    means = means / jnp.asarray(sizes, jnp.float32)[:, None]
     offsets = [0]
     for n in sizes:
         offsets.append(offsets[-1] + n)
-    return [step[a:b] for a, b in zip(offsets[:-1], offsets[1:])], means
+    if len(xs) > 1:
+        x = jnp.concatenate(xs, axis=0)
+        rows = jnp.concatenate([jnp.broadcast_to(biases[i], (n, biases.shape[1]))
+                                for i, n in enumerate(sizes)], axis=0)
+    else:
+        x, rows = xs[0], biases[0]
+    out, hidden = per_element_mlp(layers, x, rows)
+    d = out[:, 0] + x @ skip
+    step = d * jnp.exp(exp_mult * out[:, 1]) * step_mult
+    bounds = list(zip(offsets[:-1], offsets[1:]))
+    means = jnp.stack([jnp.mean(hidden[a:b], axis=0) for a, b in bounds])
+    return [step[a:b] for a, b in bounds], means
