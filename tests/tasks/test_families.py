@@ -28,15 +28,16 @@ def test_family_documents_its_space(name):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_params_loss_and_gradients_are_finite(name):
     task = _sampled(name)
-    params = task.init(jax.random.key(0))
-    batch = task.batch("train", jax.random.key(1))
-    loss, grads = jax.value_and_grad(task.loss)(params, batch, jax.random.key(2))
+    params = jax.jit(task.init)(jax.random.key(0))
+    batch = jax.jit(lambda k: task.batch("train", k))(jax.random.key(1))
+    loss, grads = jax.jit(jax.value_and_grad(task.loss))(params, batch, jax.random.key(2))
     assert loss.shape == () and jnp.isfinite(loss)
     for g in jax.tree_util.tree_leaves(grads):
         assert jnp.all(jnp.isfinite(g))
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(grads))
+    loss_fn = jax.jit(task.loss)
     for split in lopt.tasks.SPLITS:
-        assert jnp.isfinite(task.loss(params, task.eval_batch(split, 64), jax.random.key(3)))
+        assert jnp.isfinite(loss_fn(params, task.eval_batch(split, 64), jax.random.key(3)))
 
 
 @pytest.mark.parametrize("name", FAMILIES)

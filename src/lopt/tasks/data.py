@@ -31,10 +31,14 @@ def split_arrays(arrays: dict, *, seed: int = 0, fractions=SPLIT_FRACTIONS) -> d
             for i, s in enumerate(SPLITS)}
 
 
-def standardise(splits: dict) -> dict:
-    """Feature-wise standardisation with training-split statistics."""
+def standardise(splits: dict, *, per_feature: bool = True) -> dict:
+    """Standardisation with training-split statistics: per feature (tabular data) or one mean
+    and scale for all features (pixels and signal samples, so rarely-lit pixels do not become
+    huge outliers)."""
     x = splits["train"]["x"]
     axes = tuple(range(x.ndim - 1)) if x.ndim > 2 else 0
+    if not per_feature:
+        axes = None
     mean, std = x.mean(axis=axes), x.std(axis=axes) + 1e-6
     return {s: {"x": ((d["x"] - mean) / std).astype(np.float32), "y": d["y"]}
             for s, d in splits.items()}
@@ -68,7 +72,7 @@ def classification(name: str) -> dict:
     else:
         raise ValueError(f"unknown data set {name!r}; allowed: {', '.join(CLASSIFICATION)}")
     arrays = {"x": np.asarray(x, np.float32), "y": np.asarray(y, np.int32)}
-    return standardise(split_arrays(arrays))
+    return standardise(split_arrays(arrays), per_feature=name not in ("digits", "mnist1d"))
 
 
 def num_classes(name: str) -> int:

@@ -27,8 +27,9 @@ def init_kernel(key, shape, kind, scale):
     for d in shape[:-1]:
         fan_in *= d
     fan_out = shape[-1]
-    n = jax.random.normal(key, shape, jnp.float32)
-    u = jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0)
+    flat = (fan_in, fan_out)  # drawn 2-D and reshaped: N-D random draws compile slowly
+    n = jax.random.normal(key, flat, jnp.float32).reshape(shape)
+    u = jax.random.uniform(key, flat, jnp.float32, -1.0, 1.0).reshape(shape)
     he = n * jnp.sqrt(2.0 / fan_in)
     lecun = n * jnp.sqrt(1.0 / fan_in)
     glorot = u * jnp.sqrt(6.0 / (fan_in + fan_out))
