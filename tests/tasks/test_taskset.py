@@ -104,5 +104,11 @@ def test_a_data_folder_adds_real_data_tasks(tmp_path, monkeypatch):
     assert task.data["train"]["x"].shape[1] == 784
     r = lopt.train(task, optax.adam(1e-3), 20, jax.random.key(0), eval_splits=("train",))
     assert np.isfinite(float(r.eval_loss["train"][-1]))
+    conv = [t for t in real_data_tasks(tmp_path) if t.family == "conv2d"]
+    assert len(conv) == REAL_DATA_COUNTS["conv2d"]
+    assert conv[0].spec.input_shape == (28, 28, 1)
+    params = conv[0].init(jax.random.key(0))
+    assert np.isfinite(float(conv[0].loss(params, conv[0].batch("train", jax.random.key(1)),
+                                          jax.random.key(2))))
     with pytest.raises(ValueError, match="nope"):
         task_set(families=["mlp"], data_dir=tmp_path / "nope")

@@ -115,7 +115,8 @@ def conv_same(x, w, stride=1):
 
 def _avg_pool2(x):
     """Non-overlapping 2-wide average pooling over every spatial axis of a channels-last array
-    (spatial sizes are even for every configuration)."""
+    (an odd trailing row or column, as in 28x28 images after two halvings, is dropped)."""
+    x = x[(slice(None), *(slice(0, n - n % 2) for n in x.shape[1:-1]))]
     split = [x.shape[0]]
     for n in x.shape[1:-1]:
         split += [n // 2, 2]
@@ -156,14 +157,20 @@ class Conv2DClassifier(TaskFamily):
             **init_hparams(rng),
         }
 
-    def build(self, config):
-        size = config["image_size"]
-        ds = data.images("digits", size)
+    def build(self, config, *, data_dir=None):
+        name = config.get("dataset", "digits")
+        if name in data.REAL_DATASETS:  # 28x28 or 32x32 images from a data folder
+            ds = data.real(name, None if data_dir is None else str(data_dir))
+            shape = ds["train"]["x"].shape[1:]
+        else:
+            size = config["image_size"]
+            ds = data.images("digits", size)
+            shape = (size, size, 1)
         spec = ConvClassifierSpec(
-            input_shape=(size, size, 1), channels=tuple(config["channels"]), kernel=3,
+            input_shape=tuple(shape), channels=tuple(config["channels"]), kernel=3,
             downsample=config["downsample"], activation=config["activation"],
-            num_classes=data.num_classes("digits"), batch_size=config["batch_size"],
-            stem_stride=2 if size == 16 else 1)
+            num_classes=data.num_classes(name), batch_size=config["batch_size"],
+            stem_stride=2 if shape[0] >= 16 else 1)
         return TaskParts(spec, _hparams(config, len(ds["train"]["y"]), spec.batch_size), ds)
 
 
