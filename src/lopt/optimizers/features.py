@@ -123,24 +123,8 @@ def step_features(step) -> jax.Array:
     return jnp.concatenate([jnp.sin(phases), jnp.cos(phases)])
 
 
-#: Number of per-element input channels produced by ``element_features``.
+#: Number of per-element input channels (``per_element.features``).
 NUM_ELEMENT_FEATURES = 3 + 4 * len(DECAYS)
-
-
-def element_features(g, p, acc: Accumulators) -> jax.Array:
-    """Per-element inputs ``[size, NUM_ELEMENT_FEATURES]``, each channel divided by its RMS over
-    the tensor: gradient, parameter, log|parameter|, momenta, momenta / sqrt(second moments),
-    second moments and their inverse square roots."""
-    n = g.size
-    m = acc.m.reshape(len(DECAYS), n)
-    v = acc.v.reshape(len(DECAYS), n)
-    p = p.astype(jnp.float32).reshape(1, n)
-    vs = v + EPS
-    channels = jnp.concatenate([
-        g.reshape(1, n), p, jnp.log(jnp.abs(p) + 1e-8),
-        m, m * jax.lax.rsqrt(vs), v, jax.lax.rsqrt(vs + 1e-16)], axis=0)
-    channels = channels / (rms(channels, axis=1, keepdims=True) + 1e-30)
-    return channels.T
 
 
 def _summary(x):

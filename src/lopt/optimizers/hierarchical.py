@@ -25,9 +25,10 @@ import optax
 
 from lopt.optimizers import features as F
 from lopt.optimizers.base import LearnedOptimizer
-from lopt.optimizers.nets import init_linear, init_mlp, lstm_step, per_element_outputs
+from lopt.optimizers.nets import init_linear, init_mlp, lstm_step
+from lopt.optimizers.per_element import per_element_outputs, raw_rows
 
-#: Index of the momentum-0.9 ``m / sqrt(v)`` channel in ``features.element_features``.
+#: Index of the momentum-0.9 ``m / sqrt(v)`` channel in ``per_element.features``.
 ADAM_LIKE_CHANNEL = 3 + len(F.DECAYS) + 1
 
 
@@ -146,8 +147,8 @@ class Hierarchical(LearnedOptimizer):
         size_f = tensor_in[:, -4:]  # log size, log first/last dim, is-scalar
         biases = h @ ctx["lstm"] + step_f @ ctx["step"] + size_f @ ctx["size"]
 
-        xs = [F.element_features(gs[i], p_leaves[i], accs[i]) for i in live]
-        steps, means = per_element_outputs(theta["ffn"], theta["skip"], xs, biases,
+        raws = [raw_rows(gs[i], p_leaves[i], accs[i]) for i in live]
+        steps, means = per_element_outputs(theta["ffn"], theta["skip"], raws, biases,
                                            exp_mult=self.exp_mult, step_mult=self.step_mult)
         out_leaves = list(out_leaves)
         for step, i in zip(steps, live):

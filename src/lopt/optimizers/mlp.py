@@ -16,7 +16,8 @@ import optax
 from lopt.optimizers import features as F
 from lopt.optimizers.base import LearnedOptimizer
 from lopt.optimizers.hierarchical import ADAM_LIKE_CHANNEL
-from lopt.optimizers.nets import init_linear, init_mlp, per_element_outputs
+from lopt.optimizers.nets import init_linear, init_mlp
+from lopt.optimizers.per_element import per_element_outputs, raw_rows
 
 
 class MLPState(NamedTuple):
@@ -81,7 +82,7 @@ class PerParameterMLP(LearnedOptimizer):
             g, ms_leaves[i] = F.dynamic_clip(g, ms_leaves[i], state.step,
                                              multiple=self.clip_multiple)
             acc_leaves[i] = F.update_accumulators(acc_leaves[i], g)
-            xs.append(F.element_features(g, p, acc_leaves[i]))
+            xs.append(raw_rows(g, p, acc_leaves[i]))
             biases.append(shared_bias + F.size_features(p) @ ctx["size"])
         if live:
             steps, _ = per_element_outputs(theta["ffn"], theta["skip"], xs, jnp.stack(biases),

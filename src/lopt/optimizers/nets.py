@@ -37,28 +37,3 @@ def lstm_step(params, x, h, c):
     h = jax.nn.sigmoid(o) * jnp.tanh(c)
     return h, c
 
-
-def per_element_outputs(layers, skip, xs, biases, *, exp_mult: float, step_mult: float):
-    """Runs the per-element network once over the elements of every tensor, concatenated.
-
-    ``xs`` is a list of ``[n_i, c]`` feature matrices, ``biases`` ``[tensors, hidden]`` the
-    per-tensor first-layer context. One tall matrix product per layer keeps the work in large
-    GEMMs however small the tensors are. Returns the flat steps of each tensor and the per-tensor
-    mean of the last hidden layer (the feedback summary).
-    """
-    sizes = [x.shape[0] for x in xs]
-    offsets = [0]
-    for n in sizes:
-        offsets.append(offsets[-1] + n)
-    if len(xs) > 1:
-        x = jnp.concatenate(xs, axis=0)
-        rows = jnp.concatenate([jnp.broadcast_to(biases[i], (n, biases.shape[1]))
-                                for i, n in enumerate(sizes)], axis=0)
-    else:
-        x, rows = xs[0], biases[0]
-    out, hidden = per_element_mlp(layers, x, rows)
-    d = out[:, 0] + x @ skip
-    step = d * jnp.exp(exp_mult * out[:, 1]) * step_mult
-    bounds = list(zip(offsets[:-1], offsets[1:]))
-    means = jnp.stack([jnp.mean(hidden[a:b], axis=0) for a, b in bounds])
-    return [step[a:b] for a, b in bounds], means

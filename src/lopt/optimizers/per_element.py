@@ -1,0 +1,103 @@
+"""The per-element half of a learned optimizer: normalised features and the per-element MLP,
+computed in cache-sized chunks.
+
+Each feature channel is divided by its RMS over the whole tensor, so the scales are reduced
+first (one pass over gradient, parameter and accumulators). Then the elements are processed
+``CHUNK`` at a time: features, three matrix products and the step for a chunk stay in cache,
+instead of streaming a dozen ``[elements, 32]`` intermediates through memory. Small tensors
+are concatenated and handled in one piece.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from lopt.optimizers.features import DECAYS, EPS, rms
+from lopt.optimizers.nets import per_element_mlp
+
+#: Elements per chunk: a [CHUNK, 32] float32 activation is 1 MiB.
+CHUNK = 8192
+#: Raw rows per element: gradient, parameter, momenta, second moments.
+NUM_RAW = 2 + 2 * len(DECAYS)
+
+
+def raw_rows(g, p, acc) -> jax.Array:
+    """``[NUM_RAW, n]``: gradient, parameter, momenta and second moments of one tensor."""
+    n = g.size
+    return jnp.concatenate([g.reshape(1, n), p.astype(jnp.float32).reshape(1, n),
+                            acc.m.reshape(len(DECAYS), n), acc.v.reshape(len(DECAYS), n)])
+
+
+def _channels(raw):
+    """The 23 feature channels ``[23, k]`` from raw rows ``[NUM_RAW, k]``: gradient, parameter,
+    log|parameter|, momenta, momenta / sqrt(second moments), second moments, their rsqrt."""
+    k = len(DECAYS)
+    g, p, m, v = raw[0:1], raw[1:2], raw[2:2 + k], raw[2 + k:]
+    vs = v + EPS
+    return jnp.concatenate([g, p, jnp.log(jnp.abs(p) + 1e-8), m, m * jax.lax.rsqrt(vs), v,
+                            jax.lax.rsqrt(vs + 1e-16)])
+
+
+def channel_scales(raw) -> jax.Array:
+    """``[23]``: each channel's RMS over the tensor (computed without overflow)."""
+    return rms(_channels(raw), axis=1) + 1e-30
+
+
+def features(raw, scales) -> jax.Array:
+    """Normalised per-element inputs ``[k, 23]`` of raw rows ``[NUM_RAW, k]``."""
+    return (_channels(raw) / scales[:, None]).T
+
+
+def _apply(layers, skip, x, bias, exp_mult, step_mult):
+    out, hidden = per_element_mlp(layers, x, bias)
+    d = out[:, 0] + x @ skip
+    return d * jnp.exp(exp_mult * out[:, 1]) * step_mult, hidden
+
+
+def per_element_outputs(layers, skip, raws, biases, *, exp_mult: float, step_mult: float):
+    """Steps and feedback summaries for every tensor.
+
+    ``raws`` is a list of ``[NUM_RAW, n_i]`` arrays (``raw_rows``), ``biases`` ``[tensors,
+    hidden]`` the per-tensor context of the first layer. Returns the flat steps of each tensor
+    and ``[tensors, hidden]`` means of the last hidden layer.
+    """
+    steps, means = [None] * len(raws), [None] * len(raws)
+    small = [i for i, r in enumerate(raws) if r.shape[1] <= CHUNK]
+    for i, raw in enumerate(raws):
+        if i not in small:
+            steps[i], means[i] = _chunked(layers, skip, raw, biases[i], exp_mult, step_mult)
+    if small:
+        xs = [features(raws[i], channel_scales(raws[i])) for i in small]
+        sizes = [x.shape[0] for x in xs]
+        x = jnp.concatenate(xs) if len(xs) > 1 else xs[0]
+        rows = jnp.concatenate([jnp.broadcast_to(biases[i], (n, biases.shape[1]))
+                                for i, n in zip(small, sizes)])
+        step, hidden = _apply(layers, skip, x, rows, exp_mult, step_mult)
+        start = 0
+        for i, n in zip(small, sizes):
+            steps[i] = step[start:start + n]
+            means[i] = jnp.mean(hidden[start:start + n], axis=0)
+            start += n
+    return steps, jnp.stack(means)
+
+
+def _chunked(layers, skip, raw, bias, exp_mult, step_mult):
+    """One large tensor, ``CHUNK`` elements at a time (plus a direct tail)."""
+    scales = channel_scales(raw)
+    n = raw.shape[1]
+    full = n // CHUNK * CHUNK
+    blocks = raw[:, :full].reshape(NUM_RAW, n // CHUNK, CHUNK).transpose(1, 0, 2)
+
+    def body(block):
+        step, hidden = _apply(layers, skip, features(block, scales), bias, exp_mult, step_mult)
+        return step, jnp.sum(hidden, axis=0)
+
+    step, sums = jax.lax.map(body, blocks)
+    step, total = step.reshape(-1), jnp.sum(sums, axis=0)
+    if full < n:
+        tail, hidden = _apply(layers, skip, features(raw[:, full:], scales), bias, exp_mult,
+                              step_mult)
+        step = jnp.concatenate([step, tail])
+        total = total + jnp.sum(hidden, axis=0)
+    return step, total / n
