@@ -171,10 +171,6 @@ def _tree_all_finite(tree):
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def _select(pred, on_true, on_false):
-    return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
-
-
 def _make_run(spec, optimizer, num_steps, eval_every, eval_size, eval_splits, valid_every,
               has_opt_hp) -> Callable:
     def run(hp, data, opt_hp, key):
@@ -204,14 +200,16 @@ def _make_run(spec, optimizer, num_steps, eval_every, eval_size, eval_splits, va
                 vloss = jax.lax.cond(t % valid_every == 0,
                                      lambda: valid_minibatch_loss(params, k_valid), lambda: vloss)
                 extra[VALID_LOSS_KWARG] = vloss
-            updates, new_state = opt.update(grads, opt_state, params, **extra)
+            updates, opt_state = opt.update(grads, opt_state, params, **extra)
             new_params = optax.apply_updates(params, updates)
             ok = jnp.isfinite(loss) & _tree_all_finite(new_params)
             diverged_at = jnp.where(~dead & ~ok, t, diverged_at)
             recorded = jnp.where(dead, jnp.nan, loss)
             dead = dead | ~ok
-            params = _select(dead, params, new_params)
-            opt_state = _select(dead, opt_state, new_state)
+            # A dead run keeps its last finite parameters; its optimizer state, which may hold
+            # NaNs from then on, only ever feeds updates that are discarded.
+            params = jax.tree_util.tree_map(lambda a, b: jnp.where(dead, a, b), params,
+                                            new_params)
             return (params, opt_state, dead, diverged_at, vloss), recorded
 
         def run_steps(carry, start, length):
