@@ -64,11 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+COMMANDS = ("tasks", "baselines", "meta-train", "plot")
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["baselines", *argv]  # `lopt` alone (or with flags) runs the main job
     args = build_parser().parse_args(argv)
-    command = args.command or "baselines"
-    if args.command is None:
-        args = build_parser().parse_args(["baselines", *(argv or [])])
+    command = args.command
     try:
         if command == "tasks":
             return _tasks(args)

@@ -1,0 +1,47 @@
+"""The command line: listing tasks, bad input, the main job's argument handling."""
+
+import json
+
+import pytest
+
+from lopt import cli
+
+
+def test_tasks_lists_and_filters(capsys):
+    assert cli.main(["tasks", "--family", "quadratic", "--group", "held_out", "--json",
+                     "--limit", "3"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 3
+    assert all(r["family"] == "quadratic" and r["group"] == "held_out" for r in rows)
+
+
+def test_unknown_family_is_one_clear_error(capsys):
+    assert cli.main(["tasks", "--family", "cnn"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task family 'cnn'" in err and "allowed" in err
+
+
+def test_bad_step_count_is_rejected():
+    with pytest.raises(SystemExit):
+        cli.main(["baselines", "--steps", "0"])
+
+
+def test_bare_flags_run_the_main_job(tmp_path, capsys):
+    code = cli.main(["--task", "test_function/does-not-exist", "--steps", "10",
+                     "--store", str(tmp_path), "--no-progress"])
+    assert code == 2
+    assert "unknown task id" in capsys.readouterr().err
+
+
+def test_baselines_end_to_end(tmp_path, capsys):
+    from lopt.tasks.taskset import task_set
+
+    task = task_set("held_out", families=["test_function"])[0]
+    out = tmp_path / "report"
+    assert cli.main(["baselines", "--task", task.id, "--steps", "50", "--store",
+                     str(tmp_path / "store"), "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "baselines.json").read_text())
+    assert report["tasks"][0]["task_id"] == task.id
+    assert set(report["tasks"][0]["normalised_mean_loss"]) >= {"adam_tuned", "sgdm_tuned",
+                                                                "nadamw_list", "adam_global"}
+    assert (out / "baselines.png").stat().st_size > 1000
