@@ -11,7 +11,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lopt.tasks import data
 from lopt.tasks.base import TaskFamily, TaskParts, TaskSpec, choice
@@ -88,12 +87,14 @@ def embed_init(key, vocab, dim, hp):
 # once, outside the scan); the cell adds the recurrent term.
 
 
-def _rnn_step(wh, carry, xw):
-    h = jnp.tanh(xw + carry @ wh)
+def _rnn_step(wh, h, xw):
+    """Vanilla (Elman) cell: ``h' = tanh(x W_x + h W_h + b)``."""
+    h = jnp.tanh(xw + h @ wh)
     return h, h
 
 
 def _gru_step(wh, h, xw):
+    """GRU (update gate ``z``, reset gate applied to the recurrent candidate term)."""
     xz, xr, xn = jnp.split(xw, 3, axis=-1)
     hz, hr, hn = jnp.split(h @ wh, 3, axis=-1)
     z = jax.nn.sigmoid(xz + hz)
@@ -103,6 +104,7 @@ def _gru_step(wh, h, xw):
 
 
 def _lstm_step(wh, carry, xw):
+    """LSTM with input, forget, cell and output blocks; the forget gate is biased open."""
     h, c = carry
     i, f, g, o = jnp.split(xw + h @ wh, 4, axis=-1)
     c = jax.nn.sigmoid(f + 1.0) * c + jax.nn.sigmoid(i) * jnp.tanh(g)  # forget bias 1
@@ -125,11 +127,14 @@ class RNNLMSpec(TextWindows, TaskSpec):
     def init(self, hp, key):
         k_emb, k_x, k_h, k_out = jax.random.split(key, 4)
         width = GATES[self.cell] * self.hidden
-        kernel = lambda k, shape: init_kernel(k, shape, hp["init_kind"], hp["init_scale"])
+
+        def kernel(k, shape):
+            return init_kernel(k, shape, hp["init_kind"], hp["init_scale"])
+
         return {
             "embed": embed_init(k_emb, self.vocab, self.embed_dim, hp),
             "cell": {"wx": kernel(k_x, (self.embed_dim, width)),
-                     "wh": kernel(k_h, (self.hidden, self.hidden * GATES[self.cell])),
+                     "wh": kernel(k_h, (self.hidden, width)),
                      "b": jnp.zeros((width,))},
             "out": {"w": kernel(k_out, (self.hidden, self.vocab)), "b": jnp.zeros((self.vocab,))},
         }
@@ -142,10 +147,12 @@ class RNNLMSpec(TextWindows, TaskSpec):
         h0 = jnp.zeros((inputs.shape[0], self.hidden))
         carry = (h0, h0) if self.cell == "lstm" else h0
         step = _STEPS[self.cell]
-        _, hs = jax.lax.scan(lambda c, x: step(cell["wh"], c, x), carry, xw, unroll=1)
+        # Not unrolled: on the CPU, unrolling these small steps makes them slower.
+        _, hs = jax.lax.scan(lambda c, x: step(cell["wh"], c, x), carry, xw)
         return hs.swapaxes(0, 1)
 
     def logits(self, params, inputs):
+        """``[batch, seq_len, vocab]``: at each position, logits of the next character."""
         return self.hidden_states(params, inputs) @ params["out"]["w"] + params["out"]["b"]
 
     def loss(self, hp, params, batch, key):
