@@ -7,6 +7,7 @@ from lopt import _xla
 _xla.configure()
 
 from lopt import optimizers, tasks
+from lopt.pretrained import optimizer
 from lopt.optimizers import Hierarchical, LearnedAdam, LearnedOptimizer, PerParameterMLP
 from lopt.tasks import Task, TaskFamily, get_family
 from lopt.train import TrainResult, train, train_many
@@ -14,4 +15,4 @@ from lopt.weights import WeightsError, load, save
 
 __all__ = ["optimizers", "tasks", "Hierarchical", "LearnedAdam", "LearnedOptimizer",
            "PerParameterMLP", "Task", "TaskFamily", "get_family", "TrainResult", "train",
-           "train_many", "WeightsError", "load", "save", "__version__"]
+           "train_many", "WeightsError", "load", "optimizer", "save", "__version__"]

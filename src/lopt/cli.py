@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 DEFAULT_STEPS = 1000
+BENCHMARK_STEPS = 2000  # the meta-training horizon
+BENCHMARK_PER_FAMILY = 2
 
 
 def _positive_int(text: str) -> int:
@@ -51,12 +53,32 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind in (("optimizer", str), ("estimator", str), ("sigma", float),
                        ("truncation", _positive_int), ("horizon", _positive_int),
                        ("outer-steps", _positive_int), ("outer-lr", float),
-                       ("pairs", _positive_int), ("num-pools", _positive_int),
+                       ("pairs", _positive_int), ("num-pools", _positive_int), ("rotate-every", int),
                        ("seed", int), ("normalise", str), ("store", str)):
         p.add_argument(f"--{name}", type=kind)
     p.add_argument("--family", action="append", help="meta-train family (repeatable)")
     p.add_argument("--fill-baselines", action="store_true",
                    help="run missing tuned-Adam baselines of the meta-train tasks first")
+
+    p = sub.add_parser("benchmark", help="the shipped (or any) learned optimizer against tuned "
+                       "Adam on held-out tasks; writes a report folder (the main job)")
+    p.add_argument("--name", help="shipped optimizer (default: lopt.pretrained.DEFAULT)")
+    p.add_argument("--weights", type=Path, help="any lopt weights file instead")
+    p.add_argument("--full", action="store_true", help="every task of the group and subset")
+    p.add_argument("--per-family", type=_positive_int, default=BENCHMARK_PER_FAMILY,
+                   help="tasks per family when not --full")
+    p.add_argument("--group", default="held_out", choices=("held_out", "ood"))
+    p.add_argument("--subset", default="test", choices=("test", "selection", "all"),
+                   help="part of the held-out tasks (test: reserved for reports)")
+    p.add_argument("--family", action="append", help="only these families (repeatable)")
+    p.add_argument("--steps", type=_positive_int, default=BENCHMARK_STEPS)
+    p.add_argument("--mode", action="append", choices=("valid", "train_only"),
+                   help="only this mode (repeatable; default both)")
+    p.add_argument("--store", type=Path, help="baseline store folder (default: $LOPT_STORE "
+                   "or ~/.cache/lopt/baselines, falling back to the shipped baselines)")
+    p.add_argument("--out", type=Path, default=Path("lopt-report"), help="report folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("plot", help="draw a meta-training run's curves to PNG")
     p.add_argument("run", type=Path)
@@ -64,13 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = ("tasks", "baselines", "meta-train", "plot")
+COMMANDS = ("tasks", "baselines", "benchmark", "meta-train", "plot")
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
-        argv = ["baselines", *argv]  # `lopt` alone (or with flags) runs the main job
+        argv = ["benchmark", *argv]  # `lopt` alone (or with flags) runs the main job
     args = build_parser().parse_args(argv)
     command = args.command
     try:
@@ -78,6 +100,8 @@ def main(argv=None) -> int:
             return _tasks(args)
         if command == "meta-train":
             return _meta_train(args)
+        if command == "benchmark":
+            return _benchmark(args)
         if command == "plot":
             from lopt.meta.plots import plot_run
 
@@ -113,6 +137,56 @@ def _meta_train(args) -> int:
     print(f"meta-trained {learner.version} outer steps; weights: {out}/theta.safetensors, "
           f"metrics: {out}/metrics.jsonl (plot: lopt plot {out})")
     return 0
+
+
+def _benchmark(args) -> int:
+    from rich.console import Console
+
+    from lopt.evaluate import BaselineStore
+    from lopt.evaluate.benchmark import MODES, benchmark
+    from lopt.evaluate.report import write_report
+    from lopt.pretrained import BASELINES, load_pretrained
+    from lopt.tasks.taskset import sample_tasks, task_set
+
+    theta, learned, card = load_pretrained(args.name, weights=args.weights)
+    subset = None if args.group != "held_out" or args.subset == "all" else args.subset
+    if args.full:
+        tasks = task_set(args.group, families=args.family, subset=subset)
+    else:
+        tasks = sample_tasks(args.group, args.per_family, families=args.family, subset=subset)
+    store = BaselineStore(args.store, num_steps=args.steps, fallback=BASELINES)
+    name = args.weights or args.name or learned.name
+    console = Console()
+    console.print(f"[bold]lopt benchmark[/]: {name} on {len(tasks)} {args.group} tasks "
+                  f"({subset or 'all'}) x {args.steps} steps")
+    results = benchmark(tasks, learned, theta, num_steps=args.steps, store=store, seed=args.seed,
+                        modes=args.mode or tuple(MODES), progress=not args.no_progress)
+    results["optimizer"] = {"name": str(name), "card": card}
+    results["tasks"] = {"group": args.group, "subset": subset or "all", "full": args.full}
+    title = f"lopt benchmark: {name}, {args.group} ({subset or 'all'}), {args.steps} steps"
+    out = write_report(results, args.out, title=title)
+    console.print(_summary_table(results, title))
+    console.print(f"report: {out}/summary.md, results.json, differences.png, wins.png, curves.png")
+    return 0
+
+
+def _summary_table(results, title):
+    from rich.table import Table
+
+    from lopt.evaluate.report import MODE_LABELS
+
+    table = Table(title=f"{title}\n(normalised loss: 0 = best baseline, 1 = initial)")
+    for col in ("mode", "tasks", "learned", "tuned Adam", "global Adam", "wins vs tuned",
+                "wins vs global", "median speed-up", "diverged"):
+        table.add_column(col, justify="left" if col == "mode" else "right")
+    for mode, r in results["modes"].items():
+        s = r["summary"]
+        table.add_row(MODE_LABELS[mode], str(s["tasks"]), f"{s['mean_normalised']:.3f}",
+                      f"{s['adam_tuned_mean_normalised']:.3f}",
+                      f"{s['adam_global_mean_normalised']:.3f}", f"{s['win_fraction_tuned']:.0%}",
+                      f"{s['win_fraction_global']:.0%}", f"{s['median_speedup']:.2f}x",
+                      f"{s['diverged_fraction']:.0%}")
+    return table
 
 
 def _tasks(args) -> int:

@@ -73,3 +73,17 @@ def test_corrupt_file_is_a_clear_error(tmp_path):
 def test_rejects_bad_num_steps(tmp_path, steps):
     with pytest.raises(ValueError, match="num_steps"):
         BaselineStore(tmp_path, num_steps=steps)
+
+
+def test_fallback_store_is_read_but_never_written(tmp_path):
+    from lopt.tasks.taskset import sample_tasks
+
+    task = sample_tasks("held_out", 1, families=["quadratic"])[0]
+    shipped = BaselineStore(tmp_path / "shipped", num_steps=5)
+    shipped.put(task, {"adam_tuned": {"best_loss": 1.0, "initial_loss": 2.0}}, seed=0)
+    store = BaselineStore(tmp_path / "user", num_steps=5, fallback=tmp_path / "shipped")
+    assert store.get(task)["baselines"]["adam_tuned"]["best_loss"] == 1.0
+    assert store.missing(task, ["adam_tuned", "sgdm_tuned"]) == ["sgdm_tuned"]
+    store.put(task, {"sgdm_tuned": {"best_loss": 0.5, "initial_loss": 2.0}}, seed=0)
+    assert set(store.get(task)["baselines"]) == {"adam_tuned", "sgdm_tuned"}  # merged
+    assert set(shipped.get(task)["baselines"]) == {"adam_tuned"}  # shipped file untouched

@@ -123,3 +123,20 @@ def test_task_content_is_stable():
     y = np.asarray(task.data["train"]["y"])
     digest = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()
     assert digest == "9008cbcb6cb1d230c63957db14d2b0b19bc2f366a1cb3c980769ca4936159d98"
+
+
+def test_held_out_splits_once_into_selection_and_test():
+    from lopt.tasks.taskset import SUBSETS, subset_of
+
+    held = task_set("held_out")
+    parts = {s: task_set("held_out", subset=s) for s in SUBSETS}
+    ids = {s: {t.id for t in ts} for s, ts in parts.items()}
+    assert not ids["selection"] & ids["test"]
+    assert ids["selection"] | ids["test"] == {t.id for t in held}
+    assert 0.2 < len(ids["selection"]) / len(held) < 0.4
+    assert {t.family for t in parts["test"]} == {t.family for t in held}
+    assert all(subset_of(t.id) == "test" for t in parts["test"])
+    with pytest.raises(ValueError, match="splits the held_out group"):
+        task_set("meta_train", subset="test")
+    with pytest.raises(ValueError, match="unknown held-out subset"):
+        task_set("held_out", subset="dev")

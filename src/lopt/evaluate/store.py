@@ -29,18 +29,29 @@ def default_root() -> Path:
 class BaselineStore:
     """Reads and writes baseline records for one training length."""
 
-    def __init__(self, root: str | os.PathLike | None = None, *, num_steps: int):
+    def __init__(self, root: str | os.PathLike | None = None, *, num_steps: int,
+                 fallback: str | os.PathLike | None = None):
+        """``fallback`` is a read-only store root consulted when ``root`` has no record (lopt
+        ships the held-out tasks' baselines this way, see ``lopt.pretrained.BASELINES``)."""
         if not isinstance(num_steps, int) or num_steps <= 0:
             raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
         self.root = Path(root) if root is not None else default_root()
         self.num_steps = num_steps
         self.folder = self.root / f"v{STORE_VERSION}" / f"steps-{num_steps}"
+        self.fallback = (None if fallback is None else
+                         BaselineStore(fallback, num_steps=num_steps))
 
     def path(self, task_id: str) -> Path:
         return self.folder / (task_id.replace("/", "__") + ".json")
 
     def get(self, task: Task) -> dict[str, Any] | None:
         """The stored record of ``task``, or None if absent or stale."""
+        record = self._read(task)
+        if record is None and self.fallback is not None:
+            return self.fallback.get(task)
+        return record
+
+    def _read(self, task: Task) -> dict[str, Any] | None:
         path = self.path(task.id)
         if not path.exists():
             return None
@@ -56,7 +67,8 @@ class BaselineStore:
         """Stores (merging with any existing record) the baselines of ``task``."""
         from lopt import __version__
 
-        record = self.get(task) or {
+        record = self.get(task)
+        record = dict(record) if record else {
             "task_id": task.id, "family": task.family, "config": dict(task.config),
             "fingerprint": task.fingerprint(), "num_steps": self.num_steps, "seed": seed,
             "store_version": STORE_VERSION, "baselines": {}}

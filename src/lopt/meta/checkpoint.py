@@ -32,6 +32,15 @@ def save_checkpoint(path: str | os.PathLike, tree: Any, meta: dict[str, Any]) ->
     atomic_write_bytes(path, buf.getvalue())
 
 
+def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of a checkpoint, without restoring its arrays."""
+    try:
+        with np.load(path) as f:
+            return json.loads(bytes(f["__header__"]).decode())["meta"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"checkpoint {path} is unreadable: {e}") from e
+
+
 def load_checkpoint(path: str | os.PathLike, template: Any) -> tuple[Any, dict[str, Any]]:
     """Restores a checkpoint into the structure of ``template``; returns ``(tree, meta)``."""
     try:

@@ -24,6 +24,9 @@ class MetaTrainConfig:
     num_pools: int = 2  # shape buckets unrolled each outer step
     pairs: int = 8  # antithetic pairs per pool (2 x pairs particles)
     max_tasks_per_pool: int = 64
+    # Every this many outer steps a pool moves to another shape bucket of its family (staggered
+    # over pools; 0 = never). Buckets hold few tasks, so rotation is what gives task diversity.
+    rotate_every: int = 0
     estimator: str = "pes"
     sigma: float = 0.01
     truncation: int = 50
@@ -100,6 +103,8 @@ class MetaTrainConfig:
             value = getattr(self, name)
             need(isinstance(value, int) and value > 0,
                  f"{name} must be a positive integer, got {value!r}")
+        need(isinstance(self.rotate_every, int) and self.rotate_every >= 0,
+             f"rotate_every must be an integer >= 0, got {self.rotate_every!r}")
         need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
         for name in ("truncation", "warmup_truncation", "min_length"):
             need(getattr(self, name) <= self.horizon,

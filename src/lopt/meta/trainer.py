@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lopt.meta.checkpoint import load_checkpoint, save_checkpoint
+from lopt.meta.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from lopt.meta.config import MetaTrainConfig
 from lopt.meta.learner import Learner
 from lopt.meta.worker import UnrollConfig, Worker, build_pools
@@ -38,17 +38,54 @@ def make_learned(name: str, config: dict | None = None):
         raise ValueError(f"optimizer_config does not fit {name!r}: {e}") from e
 
 
-def select_tasks(config: MetaTrainConfig, group: str = "meta_train") -> list[list[Task]]:
-    """The tasks of each pool: the ``num_pools`` largest shape buckets of the configured
-    families in ``group`` (ties broken by task id), each capped at ``max_tasks_per_pool``."""
+def family_buckets(config: MetaTrainConfig, group: str = "meta_train"
+                   ) -> dict[str, list[list[Task]]]:
+    """Per configured family, its shape buckets in ``group`` (largest first, ties by task id),
+    each a list of tasks sorted by id and capped at ``max_tasks_per_pool``."""
     from lopt.tasks.taskset import task_set
 
     buckets: dict[Any, list[Task]] = defaultdict(list)
     for t in task_set(group, families=config.families):
         buckets[t.bucket].append(t)
-    ranked = sorted(buckets.values(), key=lambda ts: (-len(ts), min(t.id for t in ts)))
-    return [sorted(ts, key=lambda t: t.id)[: config.max_tasks_per_pool]
-            for ts in ranked[: config.num_pools]]
+    out: dict[str, list[list[Task]]] = {f: [] for f in config.families}
+    for ts in sorted(buckets.values(), key=lambda ts: (-len(ts), min(t.id for t in ts))):
+        out[ts[0].family].append(sorted(ts, key=lambda t: t.id)[: config.max_tasks_per_pool])
+    return {f: b for f, b in out.items() if b}
+
+
+def slot_epoch(config: MetaTrainConfig, slot: int, step: int) -> int:
+    """How many times pool ``slot`` has rotated by outer step ``step`` (slots are staggered so
+    that at most one recompiles at a time)."""
+    if config.rotate_every <= 0:
+        return 0
+    offset = slot * config.rotate_every // config.num_pools
+    return (step + offset) // config.rotate_every
+
+
+def slot_tasks(config: MetaTrainConfig, buckets: dict[str, list[list[Task]]], slot: int,
+               epoch: int) -> list[Task]:
+    """The tasks of pool ``slot`` in rotation ``epoch``.
+
+    Slots go round-robin over the families; in epoch 0 a slot holds its family's next-largest
+    bucket, later epochs draw a bucket at random (weighted by its task count, seeded)."""
+    families = list(buckets)
+    family = families[slot % len(families)]
+    options = buckets[family]
+    if epoch == 0:
+        return options[(slot // len(families)) % len(options)]
+    rng = np.random.default_rng([config.seed, slot, epoch])
+    weights = np.array([len(ts) for ts in options], float)
+    return options[int(rng.choice(len(options), p=weights / weights.sum()))]
+
+
+def select_tasks(config: MetaTrainConfig, group: str = "meta_train", *,
+                 step: int = 0) -> list[list[Task]]:
+    """The tasks of each of the ``num_pools`` pools at outer step ``step``."""
+    buckets = family_buckets(config, group)
+    if not buckets:
+        return []
+    return [slot_tasks(config, buckets, i, slot_epoch(config, i, step))
+            for i in range(config.num_pools)]
 
 
 def normalisers(tasks: list[Task], config: MetaTrainConfig, *, num_steps: int,
@@ -87,16 +124,13 @@ class MetaTrainer:
         self.run_dir = Path(run_dir)
         self.progress = progress
         self.learned = make_learned(config.optimizer, config.optimizer_config)
-        pool_tasks = select_tasks(config)
-        if not pool_tasks:
+        self.buckets = family_buckets(config)
+        if not self.buckets:
             raise ValueError(f"no meta-train tasks in families {config.families}")
-        flat = [t for ts in pool_tasks for t in ts]
-        norms = normalisers(flat, config, num_steps=config.horizon, progress=progress)
-        pools = []
-        for ts in pool_tasks:
-            pools += build_pools(ts, norms, config.pairs)
+        self.epochs = [0] * config.num_pools
+        pools = [self._pool(slot_tasks(config, self.buckets, i, 0)) for i in range(config.num_pools)]
         self.worker = Worker(self.learned, pools, self.unroll_config(0), seed=config.seed,
-                             families=[ts[0].family for ts in pool_tasks])
+                             families=[p.task_ids[0].split("/")[0] for p, _ in pools])
         theta = self.learned.init(jax.random.key(config.seed))
         self.learner = Learner(theta, learning_rate=config.outer_lr, clip=config.outer_clip)
         self.worker.init(theta)
@@ -109,6 +143,23 @@ class MetaTrainer:
             fill_store([t for ts in self.eval_tasks for t in ts],
                        BaselineStore(config.store, num_steps=config.eval_steps),
                        names=["adam_tuned"], seed=config.seed, progress=progress)
+
+    def _pool(self, tasks: list[Task]):
+        norms = normalisers(tasks, self.config, num_steps=self.config.horizon,
+                            progress=self.progress)
+        (pool,) = build_pools(tasks, norms, self.config.pairs)
+        return pool
+
+    def rotate(self, step: int) -> None:
+        """Moves every pool to the bucket it holds at outer ``step`` (fresh runs where it
+        changes; a no-op without rotation)."""
+        for i in range(self.config.num_pools):
+            epoch = slot_epoch(self.config, i, step)
+            if epoch != self.epochs[i]:
+                tasks = slot_tasks(self.config, self.buckets, i, epoch)
+                self.worker.replace_pool(i, self._pool(tasks), self.learner.theta,
+                                         seed=hash((self.config.seed, i, epoch)) % 2**31)
+                self.epochs[i] = epoch
 
     def unroll_config(self, step: int) -> UnrollConfig:
         c = self.config
@@ -132,6 +183,7 @@ class MetaTrainer:
              provenance={"outer_steps": self.step, "config": json.loads(self.config.to_json())})
 
     def restore(self) -> None:
+        self.rotate(int(read_checkpoint_meta(self.run_dir / CHECKPOINT)["step"]))
         tree, meta = load_checkpoint(self.run_dir / CHECKPOINT, self._state())
         self.learner.load_state_dict(tree["learner"])
         self.worker.load_state_dict(tree["worker"])
@@ -152,6 +204,7 @@ class MetaTrainer:
                 est = self.worker.estimate(self.learner.theta, self.learner.version)
                 applied = self.learner.apply([est])
                 self.step += 1
+                self.rotate(self.step)  # before any checkpoint, so it holds the new pools
                 dt = time.perf_counter() - t0
                 self.wall += dt
                 record = {"step": self.step, **est.metrics, **applied,
@@ -170,11 +223,9 @@ class MetaTrainer:
     # -- periodic evaluation ----------------------------------------------------------------
 
     def _eval_tasks(self) -> list[list[Task]]:
-        """Held-out tasks in the pools' shape buckets (so evaluation reuses their programs)."""
-        held = select_tasks(self.config, group="held_out")
-        buckets = {ts[0].bucket for ts in select_tasks(self.config)}
-        same = [ts[: self.config.eval_tasks] for ts in held if ts[0].bucket in buckets]
-        return same or [ts[: self.config.eval_tasks] for ts in held[:1]]
+        """A fixed evaluation set: the largest held-out bucket of each family."""
+        held = family_buckets(self.config, group="held_out")
+        return [buckets[0][: self.config.eval_tasks] for buckets in held.values()]
 
     def evaluate(self) -> dict[str, float]:
         """Mean training loss over ``eval_steps`` on held-out tasks, relative to the loss at

@@ -81,7 +81,7 @@ class Worker:
     def __init__(self, learned: LearnedOptimizer, pools: list[tuple[U.Pool, int]],
                  config: UnrollConfig, *, seed: int = 0, families: Sequence[str] = ()):
         self.learned = learned
-        self.pools = pools
+        self.pools = list(pools)
         self.config = config
         self.seed = seed
         self.families = list(families) or [p.task_ids[0].split("/")[0] for p, _ in pools]
@@ -91,14 +91,22 @@ class Worker:
     # -- state ------------------------------------------------------------------------------
 
     def init(self, theta) -> None:
-        key = jax.random.key(self.seed)
-        self.states = []
-        for i, (pool, pairs) in enumerate(self.pools):
-            keys = jax.random.split(jax.random.fold_in(key, i), pairs)
-            runs = jax.vmap(lambda k, pool=pool: U.new_run(
-                pool, lambda: self.learned.optimizer(theta), k,
-                min_length=self.config.min_length, horizon=self.config.horizon))(keys)
-            self.states.append(init_estimator_state(runs, theta))
+        self.states = [self._fresh_state(i, theta, self.seed) for i in range(len(self.pools))]
+
+    def _fresh_state(self, i: int, theta, seed: int) -> EstimatorState:
+        pool, pairs = self.pools[i]
+        keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), i), pairs)
+        runs = jax.vmap(lambda k: U.new_run(
+            pool, lambda: self.learned.optimizer(theta), k,
+            min_length=self.config.min_length, horizon=self.config.horizon))(keys)
+        return init_estimator_state(runs, theta)
+
+    def replace_pool(self, i: int, pool: tuple[U.Pool, int], theta, *, seed: int) -> None:
+        """Swaps pool ``i`` for another (e.g. a new shape bucket) with fresh inner runs."""
+        self.pools[i] = pool
+        self.families[i] = pool[0].task_ids[0].split("/")[0]
+        if self.states is not None:
+            self.states[i] = self._fresh_state(i, theta, seed)
 
     def state_dict(self) -> dict:
         return {"states": self.states, "calls": self.calls}
@@ -114,19 +122,20 @@ class Worker:
         if self.states is None:
             self.init(theta)
         t0 = time.perf_counter()
-        grads, metrics = [], {}
+        grads, by_family = [], defaultdict(list)
         key = jax.random.fold_in(jax.random.key(self.seed + 1), self.calls)
         for i, (pool, pairs) in enumerate(self.pools):
             fn = _compiled_estimate(self.learned, self.config, pool.spec, pool.data_per_task)
             grad, self.states[i], meta = fn(theta, pool, self.states[i],
                                             jax.random.fold_in(key, i))
             grads.append(grad)
-            metrics[f"meta_loss/{self.families[i]}"] = float(meta)
+            by_family[f"meta_loss/{self.families[i]}"].append(float(meta))
         self.calls += 1
         grad = jax.tree_util.tree_map(lambda *g: sum(g) / len(g), *grads)
         inner = sum(2 * pairs * self.config.truncation for _, pairs in self.pools)
         elapsed = time.perf_counter() - t0
-        metrics["meta_loss"] = float(np.mean([v for k, v in metrics.items()]))
+        metrics = {k: float(np.mean(v)) for k, v in by_family.items()}
+        metrics["meta_loss"] = float(np.mean([x for v in by_family.values() for x in v]))
         metrics["inner_steps"] = inner
         metrics["worker_seconds"] = elapsed
         return Estimate(jax.device_get(grad), version, metrics)

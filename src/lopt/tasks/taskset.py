@@ -23,6 +23,10 @@ TASK_SET_VERSION = 1
 TASK_SET_SEED = 20200923
 GROUPS = ("meta_train", "held_out", "ood")
 HELD_OUT_PERCENT = 20
+#: Held-out tasks are split once more: ``selection`` (choosing among meta-trained candidates)
+#: and ``test`` (the final report only).
+SUBSETS = ("selection", "test")
+SELECTION_PERCENT = 30
 
 #: Configurations sampled per family.
 FAMILY_COUNTS = {
@@ -38,6 +42,12 @@ def group_of(task_id: str, family: str) -> str:
         return "ood"
     bucket = int(hashlib.sha256(task_id.encode()).hexdigest(), 16) % 100
     return "held_out" if bucket < HELD_OUT_PERCENT else "meta_train"
+
+
+def subset_of(task_id: str) -> str:
+    """``selection`` or ``test`` for a held-out task: a second, independent hash of its id."""
+    bucket = int(hashlib.sha256(f"subset:{task_id}".encode()).hexdigest(), 16) % 100
+    return "selection" if bucket < SELECTION_PERCENT else "test"
 
 
 def _family_key(name: str) -> jax.Array:
@@ -63,8 +73,11 @@ def _family_tasks(name: str) -> tuple[Task, ...]:
     return tuple(tasks)
 
 
-def task_set(group: str | None = None, *, families=None, data_dir=None) -> list[Task]:
+def task_set(group: str | None = None, *, families=None, data_dir=None,
+             subset: str | None = None) -> list[Task]:
     """The fixed task set, optionally only one ``group`` and/or some ``families``.
+
+    ``subset`` (``"selection"`` or ``"test"``) keeps only that part of the held-out group.
 
     With ``data_dir`` (or ``$LOPT_DATA_DIR``) naming a folder with MNIST, Fashion-MNIST or
     CIFAR-10, tasks on those data sets are appended (``real_data_tasks``).
@@ -75,13 +88,19 @@ def task_set(group: str | None = None, *, families=None, data_dir=None) -> list[
 
     if group is not None and group not in GROUPS:
         raise ValueError(f"unknown task group {group!r}; allowed: {', '.join(GROUPS)}")
+    if subset is not None:
+        if subset not in SUBSETS:
+            raise ValueError(f"unknown held-out subset {subset!r}; allowed: {', '.join(SUBSETS)}")
+        if group != "held_out":
+            raise ValueError(f"subset={subset!r} splits the held_out group; got group={group!r}")
     names = family_names() if families is None else tuple(families)
     for name in names:
         get_family(name)  # raises a clear error for unknown names
     tasks = [t for name in names for t in _family_tasks(name)]
     if data_dir is not None or os.environ.get(DATA_DIR_ENV):
         tasks += [t for t in real_data_tasks(data_dir) if t.family in names]
-    return [t for t in tasks if group is None or t.group == group]
+    return [t for t in tasks if (group is None or t.group == group)
+            and (subset is None or subset_of(t.id) == subset)]
 
 
 #: Tasks per family and real data set, added when a data folder is given.
@@ -122,10 +141,11 @@ def get_task(task_id: str) -> Task:
     return by_id[task_id]
 
 
-def sample_tasks(group: str, per_family: int = 1, *, families=None) -> list[Task]:
+def sample_tasks(group: str, per_family: int = 1, *, families=None,
+                 subset: str | None = None) -> list[Task]:
     """A small, fixed, representative sample: the first ``per_family`` tasks of each family in
     ``group`` (task-set order, which is random but fixed)."""
     out = []
     for name in family_names() if families is None else families:
-        out += [t for t in task_set(group, families=[name])][:per_family]
+        out += task_set(group, families=[name], subset=subset)[:per_family]
     return out
