@@ -27,10 +27,28 @@ def test_bad_step_count_is_rejected():
 
 
 def test_bare_flags_run_the_main_job(tmp_path, capsys):
-    code = cli.main(["--task", "test_function/does-not-exist", "--steps", "10",
+    code = cli.main(["--weights", str(tmp_path / "missing.safetensors"), "--steps", "10",
                      "--store", str(tmp_path), "--no-progress"])
     assert code == 2
-    assert "unknown task id" in capsys.readouterr().err
+    assert "no weights file" in capsys.readouterr().err
+
+
+def test_benchmark_end_to_end(tmp_path, capsys):
+    from lopt.optimizers import LearnedAdam
+    from lopt.weights import save
+
+    save(tmp_path / "adam.safetensors", LearnedAdam().init(), LearnedAdam())
+    out = tmp_path / "report"
+    assert cli.main(["benchmark", "--weights", str(tmp_path / "adam.safetensors"), "--family",
+                     "test_function", "--steps", "40", "--store", str(tmp_path / "store"),
+                     "--out", str(out), "--mode", "train_only", "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["modes"]) == ["train_only"]
+    assert results["modes"]["train_only"]["summary"]["tasks"] == 2  # --per-family default
+    assert all(t["family"] == "test_function" for t in results["modes"]["train_only"]["tasks"])
+    assert (out / "differences.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "training loss only" in printed and "summary.md" in printed
 
 
 def test_baselines_end_to_end(tmp_path, capsys):

@@ -108,7 +108,7 @@ def main(argv=None) -> int:
             print(plot_run(args.run, args.out))
             return 0
         return _baselines(args)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         print(f"lopt: error: {e}", file=sys.stderr)
         return 2
 
