@@ -48,7 +48,7 @@ def test_benchmark_end_to_end(tmp_path, capsys):
     assert all(t["family"] == "test_function" for t in results["modes"]["train_only"]["tasks"])
     assert (out / "differences.png").stat().st_size > 1000
     printed = capsys.readouterr().out
-    assert "summary.md" in printed and "speed" in printed
+    assert "summary.md" in printed and "wins vs tuned Adam" in printed
 
 
 def test_baselines_end_to_end(tmp_path, capsys):

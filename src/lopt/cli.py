@@ -175,17 +175,20 @@ def _summary_table(results, title):
 
     from lopt.evaluate.report import MODE_LABELS
 
+    modes = list(results["modes"])
     table = Table(title=f"{title}\n(normalised loss: 0 = best baseline, 1 = initial)")
-    for col in ("mode", "tasks", "learned", "tuned Adam", "global Adam", "wins vs tuned",
-                "wins vs global", "median speed-up", "diverged"):
-        table.add_column(col, justify="left" if col == "mode" else "right")
-    for mode, r in results["modes"].items():
-        s = r["summary"]
-        table.add_row(MODE_LABELS[mode], str(s["tasks"]), f"{s['mean_normalised']:.3f}",
-                      f"{s['adam_tuned_mean_normalised']:.3f}",
-                      f"{s['adam_global_mean_normalised']:.3f}", f"{s['win_fraction_tuned']:.0%}",
-                      f"{s['win_fraction_global']:.0%}", f"{s['median_speedup']:.2f}x",
-                      f"{s['diverged_fraction']:.0%}")
+    table.add_column("")
+    for mode in modes:
+        table.add_column(MODE_LABELS[mode], justify="right")
+    rows = (("tasks", "tasks", "{:d}"), ("lopt normalised loss", "mean_normalised", "{:.3f}"),
+            ("Adam tuned per task", "adam_tuned_mean_normalised", "{:.3f}"),
+            ("Adam best global lr", "adam_global_mean_normalised", "{:.3f}"),
+            ("wins vs tuned Adam", "win_fraction_tuned", "{:.0%}"),
+            ("wins vs global Adam", "win_fraction_global", "{:.0%}"),
+            ("median speed-up vs tuned", "median_speedup", "{:.2f}x"),
+            ("diverged", "diverged_fraction", "{:.0%}"))
+    for label, key, fmt in rows:
+        table.add_row(label, *(fmt.format(results["modes"][m]["summary"][key]) for m in modes))
     return table
 
 
