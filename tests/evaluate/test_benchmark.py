@@ -69,3 +69,25 @@ def test_unknown_mode_and_empty_task_list_are_clear_errors(tmp_path):
                   LearnedAdam().init(), num_steps=10, store=store, modes=("x",))
     with pytest.raises(ValueError, match="no tasks"):
         benchmark([], LearnedAdam(), LearnedAdam().init(), num_steps=10, store=store)
+
+
+def test_masked_validation_mode_equals_a_run_without_validation_losses():
+    import jax
+    import jax.numpy as jnp
+
+    from lopt.evaluate.benchmark import run_learned
+    from lopt.optimizers import Hierarchical
+    from lopt.train import train_many
+
+    task = sample_tasks("held_out", 1, families=["regression"])[0]
+    learned = Hierarchical(lstm_size=8, ffn_hidden=(8, 8))
+    theta = learned.init(jax.random.key(3))
+    runs = run_learned([task], learned, theta, 30)
+    plain = train_many([task], learned.optimizer(theta), 30, jnp.stack([jax.random.key(0)]))
+    fed = train_many([task], learned.optimizer(theta), 30, jnp.stack([jax.random.key(0)]),
+                     valid_every=10)
+    np.testing.assert_allclose(runs["train_only"][0]["mean_loss"],
+                               float(np.mean(plain.train_loss)), rtol=1e-6)
+    np.testing.assert_allclose(runs["valid"][0]["mean_loss"],
+                               float(np.mean(fed.train_loss)), rtol=1e-6)
+    assert runs["valid"][0]["mean_loss"] != runs["train_only"][0]["mean_loss"]

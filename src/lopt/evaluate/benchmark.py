@@ -29,17 +29,41 @@ MODES = {"valid": 10, "train_only": None}
 
 
 def run_learned(tasks: Sequence[Task], learned, theta, num_steps: int, *, seed: int = 0,
-                valid_every: int | None = 10) -> list[dict[str, Any]]:
-    """Trains every task (one shape bucket) with ``learned`` at ``theta`` in one vmapped run;
-    returns a summary per task in the baseline store's format."""
+                modes: Sequence[str] = tuple(MODES)) -> dict[str, list[dict[str, Any]]]:
+    """Trains every task (one shape bucket) with ``learned`` at ``theta`` in every mode, all in
+    one vmapped run; returns per mode a summary per task in the baseline store's format.
+
+    A mode without validation losses is run as the validation mode with the loss masked to NaN,
+    which the learned optimizers treat exactly as an absent ``valid_loss`` (one program for both).
+    """
+    import optax
+
     from lopt.train import train_many
 
-    n = len(tasks)
-    keys = jnp.stack([jax.random.key(seed)] * n)  # the baselines' init and minibatches
-    thetas = jax.tree_util.tree_map(lambda a: jnp.stack([jnp.asarray(a)] * n), theta)
-    result = jax.device_get(train_many(list(tasks), learned.optimizer, num_steps, keys,
-                                       opt_hparams=thetas, valid_every=valid_every))
-    return [summarise(jax.tree_util.tree_map(lambda a, i=i: a[i], result)) for i in range(n)]
+    every = [MODES[m] for m in modes]
+    n, k = len(tasks), len(modes)
+    keys = jnp.stack([jax.random.key(seed)] * (n * k))  # the baselines' init and minibatches
+    feed = jnp.repeat(jnp.asarray([e is not None for e in every]), n)
+    thetas = jax.tree_util.tree_map(lambda a: jnp.stack([jnp.asarray(a)] * (n * k)), theta)
+
+    def make(hp):
+        inner = learned.optimizer(hp["theta"])
+
+        def update(grads, state, params=None, *, valid_loss=None, **extra):
+            if valid_loss is not None:
+                valid_loss = jnp.where(hp["feed"], valid_loss, jnp.nan)
+            return inner.update(grads, state, params, valid_loss=valid_loss, **extra)
+
+        return optax.GradientTransformationExtraArgs(inner.init, update)
+
+    valid_every = min((e for e in every if e is not None), default=None)
+    if len({e for e in every if e is not None}) > 1:
+        raise ValueError(f"modes {list(modes)} feed validation losses at different intervals")
+    result = jax.device_get(train_many(list(tasks) * k, make, num_steps, keys,
+                                       opt_hparams={"theta": thetas, "feed": feed},
+                                       valid_every=valid_every))
+    runs = [summarise(jax.tree_util.tree_map(lambda a, i=i: a[i], result)) for i in range(n * k)]
+    return {m: runs[j * n:(j + 1) * n] for j, m in enumerate(modes)}
 
 
 def score(record: dict[str, Any], ours: dict[str, Any], global_index: int) -> dict[str, Any]:
@@ -106,19 +130,20 @@ def benchmark(tasks: Sequence[Task], learned, theta, *, num_steps: int, store: B
     out: dict[str, Any] = {"num_steps": num_steps, "seed": seed, "adam_global_lr": lr,
                            "modes": {}}
     with _progress(progress) as bar:
-        job = bar.add_task("learned optimizer", total=len(tasks) * len(modes))
-        for mode in modes:
-            scores = []
-            for group in buckets.values():
-                bar.update(job, description=f"{mode}: {group[0].family} ({len(group)} tasks)")
-                runs = run_learned(group, learned, theta, num_steps, seed=seed,
-                                   valid_every=MODES[mode])
-                scores += [score(by_id[t.id], r, global_index) for t, r in zip(group, runs)]
-                bar.advance(job, len(group))
-            order = {t.id: i for i, t in enumerate(tasks)}
-            scores.sort(key=lambda s: order[s["task_id"]])
-            out["modes"][mode] = {"summary": summary(scores), "by_family": _by_family(scores),
-                                  "tasks": scores}
+        job = bar.add_task("learned optimizer", total=len(tasks))
+        scores: dict[str, list] = {m: [] for m in modes}
+        for group in buckets.values():
+            bar.update(job, description=f"{group[0].family} ({len(group)} tasks)")
+            runs = run_learned(group, learned, theta, num_steps, seed=seed, modes=modes)
+            for mode in modes:
+                scores[mode] += [score(by_id[t.id], r, global_index)
+                                 for t, r in zip(group, runs[mode])]
+            bar.advance(job, len(group))
+    order = {t.id: i for i, t in enumerate(tasks)}
+    for mode in modes:
+        rows = sorted(scores[mode], key=lambda s: order[s["task_id"]])
+        out["modes"][mode] = {"summary": summary(rows), "by_family": _by_family(rows),
+                              "tasks": rows}
     out["baselines"] = {t.id: _baseline_curves(by_id[t.id], global_index) for t in tasks}
     return out
 
