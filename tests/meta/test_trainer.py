@@ -69,6 +69,24 @@ def test_pools_rotate_over_buckets_and_resume_exactly(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_resume_from_the_learner_checkpoint_alone(tmp_path):
+    # What a committed run folder holds: theta and the outer optimizer, not the inner runs.
+    config = _config(outer_steps=4, checkpoint_every=2)
+    first = MetaTrainer(config, tmp_path / "run", progress=False)
+    first.run(until=2)
+    theta_at_2 = jax.tree_util.tree_map(np.asarray, first.learner.theta)
+    (tmp_path / "run" / "checkpoint.npz").unlink()
+    trainer = MetaTrainer(config, tmp_path / "run", progress=False)
+    trainer.restore()
+    assert trainer.step == 2
+    for a, b in zip(jax.tree_util.tree_leaves(theta_at_2),
+                    jax.tree_util.tree_leaves(trainer.learner.theta)):
+        np.testing.assert_array_equal(a, b)
+    learner = resume(tmp_path / "run", progress=False)
+    assert learner.version == 4
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(learner.theta))
+
+
 def test_diverging_tasks_do_not_put_nan_into_theta(tmp_path):
     config = _config(optimizer_config={"learning_rate": 50.0}, outer_steps=5, eval_every=5)
     trainer = MetaTrainer(config, tmp_path / "run", progress=False)

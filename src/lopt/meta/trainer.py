@@ -25,6 +25,9 @@ from lopt.meta.worker import UnrollConfig, Worker, build_pools
 from lopt.tasks.base import Task, eval_split
 
 CHECKPOINT = "checkpoint.npz"
+#: The learner alone (theta, outer optimizer, step): small enough to commit. Resuming from it
+#: starts fresh inner runs (and PES accumulators) at the saved step.
+LEARNER_CHECKPOINT = "learner.npz"
 
 
 def make_learned(name: str, config: dict | None = None):
@@ -177,16 +180,28 @@ class MetaTrainer:
     def save(self) -> None:
         from lopt.weights import save
 
-        save_checkpoint(self.run_dir / CHECKPOINT, self._state(),
-                        {"step": self.step, "wall": self.wall})
+        meta = {"step": self.step, "wall": self.wall}
+        save_checkpoint(self.run_dir / LEARNER_CHECKPOINT, self.learner.state_dict(), meta)
+        save_checkpoint(self.run_dir / CHECKPOINT, self._state(), meta)
         save(self.run_dir / "theta.safetensors", self.learner.theta, self.learned,
              provenance={"outer_steps": self.step, "config": json.loads(self.config.to_json())})
 
     def restore(self) -> None:
-        self.rotate(int(read_checkpoint_meta(self.run_dir / CHECKPOINT)["step"]))
-        tree, meta = load_checkpoint(self.run_dir / CHECKPOINT, self._state())
-        self.learner.load_state_dict(tree["learner"])
-        self.worker.load_state_dict(tree["worker"])
+        """Restores the full checkpoint, or, where only the learner's was kept (a run copied
+        from another machine), the learner with fresh inner runs."""
+        full = (self.run_dir / CHECKPOINT).exists()
+        path = self.run_dir / (CHECKPOINT if full else LEARNER_CHECKPOINT)
+        step = int(read_checkpoint_meta(path)["step"])
+        self.rotate(step)
+        if full:
+            tree, meta = load_checkpoint(path, self._state())
+            self.learner.load_state_dict(tree["learner"])
+            self.worker.load_state_dict(tree["worker"])
+        else:
+            tree, meta = load_checkpoint(path, self.learner.state_dict())
+            self.learner.load_state_dict(tree)
+            self.worker.calls = step  # new runs and estimate keys, still reproducible
+            self.worker.init(self.learner.theta, seed=self.config.seed + 7919 * step)
         self.step, self.wall = int(meta["step"]), float(meta["wall"])
 
     # -- the loop ---------------------------------------------------------------------------
@@ -290,7 +305,7 @@ def _progress(enabled: bool):
 
 def meta_train(config: MetaTrainConfig, run_dir: str | Path, *, progress: bool = True) -> Learner:
     """Starts a new meta-training run in ``run_dir`` (which must not hold a checkpoint)."""
-    if (Path(run_dir) / CHECKPOINT).exists():
+    if _has_checkpoint(Path(run_dir)):
         raise ValueError(f"{run_dir} already holds a run; resume it with --resume {run_dir}")
     return MetaTrainer(config, run_dir, progress=progress).run()
 
@@ -299,7 +314,7 @@ def resume(run_dir: str | Path, *, outer_steps: int | None = None,
            progress: bool = True) -> Learner:
     """Continues the run in ``run_dir`` from its last checkpoint (optionally for longer)."""
     run_dir = Path(run_dir)
-    if not (run_dir / CHECKPOINT).exists():
+    if not _has_checkpoint(run_dir):
         raise ValueError(f"{run_dir} holds no checkpoint to resume")
     values = json.loads((run_dir / "config.json").read_text())
     if outer_steps is not None:
@@ -308,6 +323,10 @@ def resume(run_dir: str | Path, *, outer_steps: int | None = None,
     trainer.restore()
     _truncate_metrics(run_dir / "metrics.jsonl", trainer.step)
     return trainer.run()
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return (run_dir / CHECKPOINT).exists() or (run_dir / LEARNER_CHECKPOINT).exists()
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

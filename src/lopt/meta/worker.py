@@ -90,8 +90,10 @@ class Worker:
 
     # -- state ------------------------------------------------------------------------------
 
-    def init(self, theta) -> None:
-        self.states = [self._fresh_state(i, theta, self.seed) for i in range(len(self.pools))]
+    def init(self, theta, *, seed: int | None = None) -> None:
+        """Fresh inner runs in every pool (``seed`` defaults to the worker's)."""
+        seed = self.seed if seed is None else seed
+        self.states = [self._fresh_state(i, theta, seed) for i in range(len(self.pools))]
 
     def _fresh_state(self, i: int, theta, seed: int) -> EstimatorState:
         pool, pairs = self.pools[i]

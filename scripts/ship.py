@@ -1,0 +1,90 @@
+"""Ships meta-trained weights as a lopt.pretrained optimizer, choosing among candidate runs on
+the held-out *selection* subset (never the test subset, which only the final report sees).
+
+    python scripts/ship.py meta_runs/hierarchical-a [meta_runs/hierarchical-b ...] \
+        --name hierarchical [--per-family 1] [--steps 2000] [--no-select]
+
+Each candidate's latest ``theta.safetensors`` is benchmarked on a sample of the selection subset
+(both modes); the one with the lowest mean normalised loss is written to
+``src/lopt/pretrained/NAME.safetensors`` with a model card recording how it was made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from lopt.evaluate import BaselineStore
+from lopt.evaluate.benchmark import benchmark
+from lopt.pretrained import BASELINES, FOLDER
+from lopt.tasks.taskset import TASK_SET_VERSION, sample_tasks
+from lopt.weights import load, save
+
+
+def provenance(run: Path, outer_steps: int) -> dict:
+    """How the weights of ``run`` at ``outer_steps`` were made (metrics up to that step)."""
+    config = json.loads((run / "config.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+            if line.strip()]
+    rows = [r for r in rows if r["step"] <= outer_steps]
+    last = rows[-1] if rows else {}
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    return {
+        "run": run.name, "task_set_version": TASK_SET_VERSION, "families": config["families"],
+        "estimator": config["estimator"], "sigma": config["sigma"],
+        "warmup": {k: config[k] for k in ("warmup_steps", "warmup_estimator",
+                                          "warmup_truncation")},
+        "pools": {k: config[k] for k in ("num_pools", "pairs", "rotate_every")},
+        "normalise": config["normalise"], "objective": config["objective"],
+        "truncation": config["truncation"], "horizon": config["horizon"],
+        "outer_lr": config["outer_lr"], "seed": config["seed"],
+        "outer_steps": outer_steps,
+        "inner_steps": int(sum(r.get("inner_steps", 0) for r in rows)),
+        "wall_time_s": round(last.get("wall_time", 0.0)),
+        "machine": f"{platform.machine()} {platform.processor() or ''} "
+                   "(2 CPU cores, one used by meta-training)".replace("  ", " "),
+        "commit": commit,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", type=Path, nargs="+")
+    p.add_argument("--name", required=True)
+    p.add_argument("--per-family", type=int, default=1)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--no-select", action="store_true",
+                   help="ship the single run without scoring it on the selection subset")
+    args = p.parse_args()
+    scores = {}
+    if not args.no_select:
+        tasks = sample_tasks("held_out", args.per_family, subset="selection")
+        store = BaselineStore(num_steps=args.steps, fallback=BASELINES)
+        for run in args.runs:
+            theta, learned, _ = load(run / "theta.safetensors")
+            res = benchmark(tasks, learned, theta, num_steps=args.steps, store=store)
+            scores[run] = {
+                "selection_tasks": len(tasks), "selection_steps": args.steps,
+                "selection_score": float(np.mean([m["summary"]["mean_normalised"]
+                                                  for m in res["modes"].values()])),
+                **{f"selection_{k}": v["summary"] for k, v in res["modes"].items()}}
+            print(run, scores[run]["selection_score"], flush=True)
+    elif len(args.runs) != 1:
+        raise SystemExit("--no-select ships exactly one run")
+    best = min(args.runs, key=lambda r: scores[r]["selection_score"]) if scores else args.runs[0]
+    theta, learned, card = load(best / "theta.safetensors")
+    prov = {**provenance(best, int(card["provenance"]["outer_steps"])), **scores.get(best, {"selection_score": None}),
+            "candidates": {str(r): s["selection_score"] for r, s in scores.items()}}
+    out = FOLDER / f"{args.name}.safetensors"
+    save(out, theta, learned, provenance=prov)
+    print(f"shipped {best} as {out}")
+
+
+if __name__ == "__main__":
+    main()
