@@ -22,6 +22,7 @@ from lopt.evaluate.baselines import ADAM_LEARNING_RATES, summarise
 from lopt.evaluate.fill import fill_store, global_learning_rate
 from lopt.evaluate.metrics import normalise, steps_to_reach
 from lopt.evaluate.store import BaselineStore, best_loss, initial_loss
+from lopt.progress import progress_bar
 from lopt.tasks.base import Task
 
 #: Benchmark modes: how often the validation loss is fed (None: never, ``value=`` only).
@@ -129,7 +130,7 @@ def benchmark(tasks: Sequence[Task], learned, theta, *, num_steps: int, store: B
         buckets[t.bucket].append(t)
     out: dict[str, Any] = {"num_steps": num_steps, "seed": seed, "adam_global_lr": lr,
                            "modes": {}}
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         job = bar.add_task("learned optimizer", total=len(tasks))
         scores: dict[str, list] = {m: [] for m in modes}
         for group in buckets.values():
@@ -161,10 +162,3 @@ def _baseline_curves(record, global_index):
             "adam_global": tuned["sweep"]["curves"][global_index],
             "initial_loss": initial_loss(record), "best_loss": best_loss(record)}
 
-
-def _progress(enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled)

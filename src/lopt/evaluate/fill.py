@@ -10,6 +10,7 @@ import numpy as np
 from lopt.evaluate.baselines import ADAM_LEARNING_RATES, BASELINES, run_sweep
 from lopt.evaluate.metrics import normalise
 from lopt.evaluate.store import BaselineStore, best_loss, initial_loss
+from lopt.progress import progress_bar
 from lopt.tasks.base import Task
 
 
@@ -27,7 +28,7 @@ def fill_store(tasks: Sequence[Task], store: BaselineStore, *, names=BASELINES, 
     todo = [(t, m) for t, m in todo if m]
     todo.sort(key=lambda tm: str(tm[0].bucket))
     key = jax.random.key(seed)
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         job = bar.add_task("baselines", total=sum(len(m) for _, m in todo))
         for task, missing in todo:
             for name in missing:
@@ -36,14 +37,6 @@ def fill_store(tasks: Sequence[Task], store: BaselineStore, *, names=BASELINES, 
                 bar.advance(job)
     return [store.get(t) for t in tasks]
 
-
-def _progress(enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled,
-                    transient=False)
 
 
 def global_learning_rate(records: Sequence[dict]) -> tuple[float, np.ndarray]:

@@ -22,6 +22,7 @@ from lopt.meta.checkpoint import load_checkpoint, read_checkpoint_meta, save_che
 from lopt.meta.config import MetaTrainConfig
 from lopt.meta.learner import Learner
 from lopt.meta.worker import UnrollConfig, Worker, build_pools
+from lopt.progress import progress_bar
 from lopt.tasks.base import Task, eval_split
 
 CHECKPOINT = "checkpoint.npz"
@@ -211,7 +212,8 @@ class MetaTrainer:
         until = self.config.outer_steps if until is None else until
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(self.config.to_json())
-        with _progress(self.progress) as bar, open(self.run_dir / "metrics.jsonl", "a") as log:
+        bar = progress_bar(self.progress, "meta-loss {task.fields[loss]:.4f}")
+        with bar, open(self.run_dir / "metrics.jsonl", "a") as log:
             job = bar.add_task("meta-train", total=until, completed=self.step, loss=float("nan"))
             while self.step < until:
                 t0 = time.perf_counter()
@@ -293,14 +295,6 @@ def _normalised(record, mean_loss) -> tuple[float, float]:
     tuned = record["baselines"]["adam_tuned"]["mean_loss"]
     return float(normalise(mean_loss, init, best)), float(normalise(tuned, init, best))
 
-
-def _progress(enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("meta-loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
-                    TimeRemainingColumn(), disable=not enabled)
 
 
 def meta_train(config: MetaTrainConfig, run_dir: str | Path, *, progress: bool = True) -> Learner:
