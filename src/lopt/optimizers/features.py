@@ -76,6 +76,19 @@ def update_accumulators(acc: Accumulators, g: jax.Array) -> Accumulators:
     return Accumulators(m, v)
 
 
+def preprocess(g_leaves, acc_leaves, ms_leaves, live, step, *, multiple: float):
+    """Per live leaf: sanitise, dynamically clip and accumulate its gradient.
+
+    Returns new lists ``(grads, accumulators, clip mean squares)``; dead (empty) leaves keep
+    their inputs.
+    """
+    gs, accs, mss = list(g_leaves), list(acc_leaves), list(ms_leaves)
+    for i in live:
+        gs[i], mss[i] = dynamic_clip(sanitise(g_leaves[i]), ms_leaves[i], step, multiple=multiple)
+        accs[i] = update_accumulators(acc_leaves[i], gs[i])
+    return gs, accs, mss
+
+
 def init_accumulators(shape) -> Accumulators:
     z = jnp.zeros((len(DECAYS), *shape), jnp.float32)
     return Accumulators(z, z)

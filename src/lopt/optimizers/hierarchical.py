@@ -110,13 +110,8 @@ class Hierarchical(LearnedOptimizer):
 
         loss_f, loss_stats = F.loss_features(state.loss_stats, value, valid_loss)
 
-        # Per element: sanitise, clip, accumulate.
-        gs, accs, mss = list(g_leaves), list(acc_leaves), list(ms_leaves)
-        for i in live:
-            g = F.sanitise(g_leaves[i])
-            g, mss[i] = F.dynamic_clip(g, ms_leaves[i], state.step, multiple=self.clip_multiple)
-            gs[i] = g
-            accs[i] = F.update_accumulators(acc_leaves[i], g)
+        gs, accs, mss = F.preprocess(g_leaves, acc_leaves, ms_leaves, live, state.step,
+                                     multiple=self.clip_multiple)
 
         out_leaves = [jnp.zeros_like(p) for p in p_leaves]
         if live:

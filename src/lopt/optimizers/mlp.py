@@ -68,22 +68,16 @@ class PerParameterMLP(LearnedOptimizer):
         treedef = jax.tree_util.tree_structure(params)
         p_leaves = treedef.flatten_up_to(params)
         g_leaves = treedef.flatten_up_to(grads)
-        acc_leaves = list(treedef.flatten_up_to(state.acc))
-        ms_leaves = list(treedef.flatten_up_to(state.clip_ms))
         loss_f, loss_stats = F.loss_features(state.loss_stats, value, valid_loss)
         ctx = theta["context"]
         shared_bias = F.step_features(state.step) @ ctx["step"] + loss_f @ ctx["loss"]
         live = [i for i, p in enumerate(p_leaves) if p.size > 0]
+        gs, acc_leaves, ms_leaves = F.preprocess(
+            g_leaves, treedef.flatten_up_to(state.acc), treedef.flatten_up_to(state.clip_ms),
+            live, state.step, multiple=self.clip_multiple)
         out = [jnp.zeros_like(p) for p in p_leaves]
-        xs, biases = [], []
-        for i in live:
-            p = p_leaves[i]
-            g = F.sanitise(g_leaves[i])
-            g, ms_leaves[i] = F.dynamic_clip(g, ms_leaves[i], state.step,
-                                             multiple=self.clip_multiple)
-            acc_leaves[i] = F.update_accumulators(acc_leaves[i], g)
-            xs.append(raw_rows(g, p, acc_leaves[i]))
-            biases.append(shared_bias + F.size_features(p) @ ctx["size"])
+        xs = [raw_rows(gs[i], p_leaves[i], acc_leaves[i]) for i in live]
+        biases = [shared_bias + F.size_features(p_leaves[i]) @ ctx["size"] for i in live]
         if live:
             steps, _ = per_element_outputs(theta["ffn"], theta["skip"], xs, jnp.stack(biases),
                                            exp_mult=self.exp_mult, step_mult=self.step_mult)
