@@ -33,11 +33,8 @@ def architectures() -> dict[str, type]:
 
 
 def _flatten(theta) -> dict[str, np.ndarray]:
-    flat = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(theta)[0]:
-        name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-        flat[name] = np.asarray(leaf)
-    return flat
+    return {name: np.asarray(leaf)
+            for name, leaf in zip(_names(theta), jax.tree_util.tree_leaves(theta))}
 
 
 def save(path: str | os.PathLike, theta, optimizer: LearnedOptimizer, *,
@@ -66,6 +63,18 @@ def load(path: str | os.PathLike, *, architecture: str | None = None
 
     With ``architecture``, a file of another architecture is an error.
     """
+    flat, optimizer, card = read(path, architecture=architecture)
+    template = jax.eval_shape(lambda: optimizer.init(jax.random.key(0)))
+    treedef = jax.tree_util.tree_structure(template)
+    theta = jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(flat[n])
+                                                   for n in _names(template)])
+    return theta, optimizer, card
+
+
+def read(path: str | os.PathLike, *, architecture: str | None = None
+         ) -> tuple[dict[str, np.ndarray], LearnedOptimizer, dict[str, Any]]:
+    """Like ``load`` but returns theta as NumPy arrays by dotted name (``"ffn.0.w"``), checked
+    against the architecture without touching any JAX device (what the PyTorch adapter uses)."""
     from safetensors import safe_open
 
     path = os.fspath(path)
@@ -93,13 +102,17 @@ def load(path: str | os.PathLike, *, architecture: str | None = None
         optimizer = arch(**config)
     except TypeError as e:
         raise WeightsError(f"{path}: config does not fit architecture {arch.name!r}: {e}") from e
-    template = optimizer.init(jax.random.key(0))
-    _check_shapes(flat, _flatten(template), where=path)
-    leaves_with_path = jax.tree_util.tree_flatten_with_path(template)
-    names = list(_flatten(template))
-    theta = jax.tree_util.tree_unflatten(
-        leaves_with_path[1], [jax.numpy.asarray(flat[n]) for n in names])
-    return theta, optimizer, card
+    # shapes only (abstract evaluation): no device memory, no backend start-up
+    template = jax.eval_shape(lambda: optimizer.init(jax.random.key(0)))
+    _check_shapes(flat, dict(zip(_names(template), jax.tree_util.tree_leaves(template))),
+                  where=path)
+    return flat, optimizer, card
+
+
+def _names(tree) -> list[str]:
+    """Dotted names of the leaves of ``tree``, in leaf order (as ``_flatten`` names them)."""
+    return [".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+            for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def _check_shapes(flat, template, *, where):

@@ -263,9 +263,11 @@ class MetaTrainer:
             a = train_many(tasks, optax.adam(1e-3), c.eval_steps, keys,
                            eval_splits=("train",), eval_every=c.eval_steps)
             for res, sink in ((r, ours), (a, adam)):
-                init = np.asarray(res.eval_loss["train"][:, 0])
-                mean = np.nanmean(np.asarray(res.train_loss), axis=1)
-                sink.extend(np.where(np.isfinite(mean), mean / init, 1.0))
+                init = np.asarray(res.eval_loss["train"][:, 0], np.float64)
+                ratio = np.asarray(res.train_loss, np.float64).mean(axis=1) / init
+                sink.extend(np.where(np.isfinite(ratio), np.minimum(ratio, 1.0), 1.0))
+            out.setdefault("eval/diverged", 0)
+            out["eval/diverged"] += int(np.sum(np.asarray(r.diverged)))
             mean = np.asarray(r.train_loss).mean(axis=1)
             for task, m in zip(tasks, mean):
                 if records.get(task.id):
