@@ -6,6 +6,7 @@ The card records the architecture name and config, the lopt version and free-for
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -46,9 +47,8 @@ def save(path: str | os.PathLike, theta, optimizer: LearnedOptimizer, *,
 
     if not isinstance(optimizer, LearnedOptimizer):
         raise TypeError(f"optimizer must be a lopt LearnedOptimizer, got {type(optimizer).__name__}")
-    template = _flatten(optimizer.init(jax.random.key(0)))
     flat = _flatten(theta)
-    _check_shapes(flat, template, where="theta")
+    _check_shapes(flat, _template(optimizer), where="theta")
     card = {"format": FORMAT_VERSION, "architecture": optimizer.name,
             "config": optimizer.config(), "lopt_version": __version__,
             "provenance": provenance or {}}
@@ -102,11 +102,16 @@ def read(path: str | os.PathLike, *, architecture: str | None = None
         optimizer = arch(**config)
     except TypeError as e:
         raise WeightsError(f"{path}: config does not fit architecture {arch.name!r}: {e}") from e
-    # shapes only (abstract evaluation): no device memory, no backend start-up
-    template = jax.eval_shape(lambda: optimizer.init(jax.random.key(0)))
-    _check_shapes(flat, dict(zip(_names(template), jax.tree_util.tree_leaves(template))),
-                  where=path)
+    _check_shapes(flat, _template(optimizer), where=path)
     return flat, optimizer, card
+
+
+@functools.lru_cache(maxsize=None)
+def _template(optimizer: LearnedOptimizer) -> dict[str, jax.ShapeDtypeStruct]:
+    """Names and shapes of the optimizer's meta-parameters (read only), by abstract evaluation:
+    no device memory, no backend start-up, no compilation."""
+    template = jax.eval_shape(lambda: optimizer.init(jax.random.key(0)))
+    return dict(zip(_names(template), jax.tree_util.tree_leaves(template)))
 
 
 def _names(tree) -> list[str]:

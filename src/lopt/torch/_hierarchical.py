@@ -1,0 +1,66 @@
+"""The hierarchical learned optimizer (``lopt.optimizers.Hierarchical``) in PyTorch: a per-tensor
+LSTM, batched over tensors, gives each tensor's per-element network its context.
+
+All tensors of all parameter groups are the tensors of one model: the LSTM runs over them as a
+batch (in parameter order across groups) and its pooled output is their mean. A tensor without
+a gradient at a step sits that step out (its LSTM state waits), as in ``torch.optim``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lopt.torch._per_element import init_state
+from lopt.torch._rule import PerElementRule
+
+
+class HierarchicalRule(PerElementRule):
+    name = "hierarchical"
+    summaries = True
+
+    def init_tensor_state(self, p):
+        th = self.weights.on(p.device)
+        return {**init_state(p), "lstm_h": th["lstm_init.h"].clone(),
+                "lstm_c": th["lstm_init.c"].clone(), "feedback": th["feedback_init"].clone()}
+
+    def init_global(self, device):
+        return {**super().init_global(device),
+                "pooled": torch.zeros(self.learned.pool_size, device=device)}
+
+    def context(self, works, glob, loss_f):
+        device = loss_f.device
+        th = self.weights.on(device)
+        n = len(works)
+        step_f, size_f = self.step_and_size_features(works, device)
+        summaries = torch.stack([torch.cat(w.tensor_features()).to(device) for w in works])
+        lstm_in = torch.cat([summaries, size_f, loss_f.expand(n, -1),
+                             self._gather(works, "feedback", device),
+                             glob["pooled"].expand(n, -1)], dim=1)
+        h, c = _lstm_step(th, lstm_in, self._gather(works, "lstm_h", device),
+                          self._gather(works, "lstm_c", device))
+        pooled = torch.tanh(h @ th["pool.w"] + th["pool.b"]).mean(0)
+        biases = h @ th["context.lstm"] + step_f @ th["context.step"] + size_f @ th["context.size"]
+        return biases, (h, c, pooled)
+
+    def finish(self, works, means, glob, extra):
+        h, c, pooled = extra
+        th = self.weights.on(h.device)
+        mean = torch.stack([m.to(h.device) for m in means])
+        feedback = torch.tanh(mean @ th["feedback.w"] + th["feedback.b"])
+        for i, w in enumerate(works):
+            w.state["lstm_h"].copy_(h[i])
+            w.state["lstm_c"].copy_(c[i])
+            w.state["feedback"].copy_(feedback[i])
+        glob["pooled"] = pooled
+
+    @staticmethod
+    def _gather(works, key, device):
+        return torch.stack([w.state[key].to(device) for w in works])
+
+
+def _lstm_step(th, x, h, c):
+    """One LSTM step batched over rows, as ``lopt.optimizers.nets.lstm_step``."""
+    z = torch.cat([x, h], dim=1) @ th["lstm.w"] + th["lstm.b"]
+    i, f, g, o = z.chunk(4, dim=1)
+    c = torch.sigmoid(f + 1.0) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c

@@ -1,0 +1,78 @@
+"""What each lopt.torch architecture implements, and the driver shared by the two per-element
+architectures (hierarchical and per-parameter MLP)."""
+
+from __future__ import annotations
+
+import torch
+
+from lopt.torch._features import init_loss_stats, loss_features, size_features, step_features
+from lopt.torch._per_element import Network, TensorStep, init_state
+from lopt.torch._weights import Weights
+
+
+class Rule:
+    """An architecture's update rule. ``step`` updates ``items`` (``(param, lr)`` pairs whose
+    gradients are set) in place, with per-tensor state in ``state[param]`` and the optimizer's
+    global state in ``glob`` (made by ``init_global`` on the optimizer's first device)."""
+
+    name = ""
+    needs_loss = True
+
+    def __init__(self, weights: Weights):
+        self.weights, self.learned = weights, weights.learned
+
+    def init_global(self, device) -> dict:
+        return {}
+
+    def step(self, items, state, glob: dict, loss, valid) -> None:
+        raise NotImplementedError
+
+
+class PerElementRule(Rule):
+    """Clipped gradients, accumulators and the per-element network; subclasses give each
+    tensor's context (the first layer's bias) in ``context`` and use the network's feedback
+    in ``finish``."""
+
+    summaries = False  # whether ``context`` needs TensorStep.tensor_features()
+
+    def __init__(self, weights: Weights):
+        super().__init__(weights)
+        self._nets: dict[torch.device, Network] = {}
+
+    def network(self, device) -> Network:
+        if device not in self._nets:
+            self._nets[device] = Network(self.weights.on(device), exp_mult=self.learned.exp_mult,
+                                         step_mult=self.learned.step_mult)
+        return self._nets[device]
+
+    def init_tensor_state(self, p: torch.Tensor) -> dict:
+        return init_state(p)
+
+    def init_global(self, device) -> dict:
+        return init_loss_stats(device)
+
+    def step(self, items, state, glob, loss, valid) -> None:
+        loss_f, stats = loss_features(glob, loss, valid)
+        works = []
+        for p, lr in items:
+            if not state[p]:
+                state[p].update(self.init_tensor_state(p))
+            work = TensorStep(p, state[p], lr, self.network(p.device))
+            work.reduce(self.learned.clip_multiple, self.summaries)
+            works.append(work)
+        biases, extra = self.context(works, glob, loss_f)
+        means = [w.apply(b.to(w.flat.device)) for w, b in zip(works, biases)]
+        glob.update(stats)
+        self.finish(works, means, glob, extra)
+
+    def context(self, works, glob, loss_f) -> tuple[torch.Tensor, object]:
+        raise NotImplementedError
+
+    def finish(self, works, means, glob, extra) -> None:
+        pass
+
+    @staticmethod
+    def step_and_size_features(works, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[tensors, 12]`` step features and ``[tensors, 4]`` size features."""
+        sizes = torch.tensor([size_features(w.param.shape) for w in works], device=device)
+        return step_features([w.state["step"] for w in works], device), sizes
