@@ -1,4 +1,4 @@
-"""Features shared by the learned optimizers, in PyTorch: gradient clipping, loss and step
+"""Features shared by the learned optimizers, in PyTorch: clipped gradients, loss and step
 features (the same arithmetic as ``lopt.optimizers.features``, in the same order)."""
 
 from __future__ import annotations
@@ -7,25 +7,7 @@ import math
 
 import torch
 
-from lopt.optimizers.features import CLIP_DECAY, LOSS_DECAY, TIMESCALES
-
-
-def grad_mean_square(grad: torch.Tensor) -> torch.Tensor:
-    """Mean square of a flat gradient with non-finite elements counted as zero (float32)."""
-    g = grad.float()
-    ss = torch.dot(g, g)
-    # On the CPU the check is free; elsewhere sanitise always rather than synchronise.
-    if grad.device.type != "cpu" or not torch.isfinite(ss):
-        g = torch.nan_to_num(g, 0.0, 0.0, 0.0)
-        ss = torch.dot(g, g)
-    return ss / grad.numel()
-
-
-def clip_bound(current: torch.Tensor, ms: torch.Tensor | None, *, multiple: float):
-    """Dynamic clipping: ``(bound, new running mean square)``. The first step (``ms`` None)
-    starts from the current mean square, so nothing is clipped by an empty history."""
-    ms = current if ms is None else CLIP_DECAY * ms + (1 - CLIP_DECAY) * current
-    return multiple * ms.sqrt(), ms
+from lopt.optimizers.features import LOSS_DECAY, TIMESCALES
 
 
 def clipped_gradient_(out: torch.Tensor, grad: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:

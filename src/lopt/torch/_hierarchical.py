@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from lopt.torch._per_element import init_state
+from lopt.torch._per_element import G, K, P, init_state
 from lopt.torch._rule import PerElementRule
 
 
@@ -27,13 +27,12 @@ class HierarchicalRule(PerElementRule):
         return {**super().init_global(device),
                 "pooled": torch.zeros(self.learned.pool_size, device=device)}
 
-    def context(self, works, glob, loss_f):
+    def context(self, works, glob, loss_f, rms, summaries):
         device = loss_f.device
         th = self.weights.on(device)
         n = len(works)
         step_f, size_f = self.step_and_size_features(works, device)
-        summaries = torch.stack([torch.cat(w.tensor_features()).to(device) for w in works])
-        lstm_in = torch.cat([summaries, size_f, loss_f.expand(n, -1),
+        lstm_in = torch.cat([_tensor_features(rms, summaries), size_f, loss_f.expand(n, -1),
                              self._gather(works, "feedback", device),
                              glob["pooled"].expand(n, -1)], dim=1)
         h, c = _lstm_step(th, lstm_in, self._gather(works, "lstm_h", device),
@@ -45,8 +44,7 @@ class HierarchicalRule(PerElementRule):
     def finish(self, works, means, glob, extra):
         h, c, pooled = extra
         th = self.weights.on(h.device)
-        mean = torch.stack([m.to(h.device) for m in means])
-        feedback = torch.tanh(mean @ th["feedback.w"] + th["feedback.b"])
+        feedback = torch.tanh(means @ th["feedback.w"] + th["feedback.b"])
         for i, w in enumerate(works):
             w.state["lstm_h"].copy_(h[i])
             w.state["lstm_c"].copy_(c[i])
@@ -64,3 +62,14 @@ def _lstm_step(th, x, h, c):
     i, f, g, o = z.chunk(4, dim=1)
     c = torch.sigmoid(f + 1.0) * c + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def _tensor_features(rms, summaries) -> torch.Tensor:
+    """``lopt.optimizers.features.tensor_features`` but the size features, ``[T, 35]``: mean
+    log-magnitude, mean sign and log variance of momenta, second moments and values; log RMS of
+    parameter and gradient."""
+    logmag, sign, rms_centred = summaries.unbind(1)  # rows p, m (K), v (K)
+    logvar = 2 * (rms_centred + 1e-30).log()
+    out = [t for g in (slice(1, 1 + K), slice(1 + K, 1 + 2 * K), slice(0, 1))
+           for t in (0.1 * logmag[:, g], sign[:, g], 0.1 * logvar[:, g])]
+    return torch.cat([*out, 0.1 * (rms[:, [P, G]] + 1e-30).log()], dim=1)

@@ -1,67 +1,122 @@
-"""The per-element half of the learned optimizers in PyTorch: accumulators, normalised features
-and the per-element network, a chunk of elements at a time.
+"""The per-element half of the learned optimizers in PyTorch: gradient clipping, accumulators,
+normalised features and the per-element network, a chunk of elements at a time.
 
 PyTorch runs elementwise operations one by one, unfused, so each is a pass over its operands;
-a chunk of ``CHUNK`` elements keeps those passes in cache. Every tensor takes two phases:
+a chunk of ``CHUNK`` elements keeps those passes in cache. A step takes two phases:
 
-1. ``TensorStep.reduce``: clip the gradient, update the accumulators and reduce what needs the
-   whole tensor, each feature channel's RMS and (hierarchical optimizer) the tensor summaries.
-2. ``TensorStep.apply``: recompute a chunk's features, run the network with each channel's
-   1/RMS folded into the first layer's weights, and add the step to the parameter.
+1. ``reduce``: clip each gradient, update the accumulators and reduce what needs the whole
+   tensor: each feature channel's RMS and (hierarchical optimizer) the tensor summaries.
+2. ``apply``: recompute a chunk's features, run the network with each channel's 1/RMS folded
+   into the first layer's weights, and add the step to the parameter.
 
-The arithmetic is that of ``lopt.optimizers.per_element`` and ``features``; only the order of
-float32 sums differs.
+Tensors larger than a chunk go chunk by chunk (``Chunked``); smaller ones are packed into one
+block and reduced per segment (``Packed``), so that a model of many small tensors costs few
+operations. The small per-tensor arithmetic in between runs batched over all tensors. The
+arithmetic is that of ``lopt.optimizers.per_element`` and ``features``; only the order of
+float32 sums and where constant factors are multiplied in differ.
 """
 
 from __future__ import annotations
 
 import torch
 
-from lopt.optimizers.features import DECAYS, EPS
-from lopt.torch._features import clip_bound, clipped_gradient_, grad_mean_square
+from lopt.optimizers.features import CLIP_DECAY, DECAYS, EPS
+from lopt.torch._features import clipped_gradient_
 
-#: Elements per chunk on the CPU (a [23, CHUNK] float32 feature block is 3 MiB). On GPUs, where
-#: each operation is a kernel launch, chunks are larger: about 0.5 GiB of scratch in all.
+#: Elements per chunk on the CPU (a feature block is then 3 MiB, in cache). On GPUs, where each
+#: operation is a kernel launch, chunks are larger: about 0.4 GiB of scratch in all.
 CHUNK = 32768
 DEVICE_CHUNK = 1 << 20
 K = len(DECAYS)
-NUM_CHANNELS = 3 + 4 * K
-# Rows of a feature block: g, log|p|, m/sqrt(v) (K), rsqrt(v) (K), p, m (K), v (K). A permutation
-# of the JAX channels that puts p, m and v last and adjacent: the summaries are then single
-# operations over SUMMARY, and the accumulators [m; v] one copy.
-G, LOGP, MR, R2, P, M, V = 0, 1, 2, 2 + K, 2 + 2 * K, 3 + 2 * K, 3 + 3 * K
-#: ``ORDER[row]``: the channel of ``lopt.optimizers.per_element.features`` in that row.
+# Rows of a feature block: ones (the first layer's bias), g, log|p|, m/sqrt(v) (K), rsqrt(v) (K),
+# p, m (K), v (K). The features are a permutation of the JAX channels that puts p, m and v last
+# and adjacent: the summaries are then single operations over SUMMARY, [m; v] one copy.
+ONE, G, LOGP, MR, R2, P, M, V = 0, 1, 2, 3, 3 + K, 3 + 2 * K, 4 + 2 * K, 4 + 3 * K
+ROWS = 4 + 4 * K
+#: ``ORDER[row - 1]``: the channel of ``lopt.optimizers.per_element.features`` in that row.
 ORDER = [0, 2, *range(3 + K, 3 + 2 * K), *range(3 + 3 * K, 3 + 4 * K), 1, *range(3, 3 + K),
          *range(3 + 2 * K, 3 + 3 * K)]
-SUMMARY = slice(P, NUM_CHANNELS)
 # Float32 sums of squares at or below this may have lost elements to underflow: redone exactly.
 _TINY = 1e-24
 
 
 class Network:
-    """The per-element network's weights on one device, laid out for ``TensorStep.apply``."""
+    """The per-element network's weights on one device, laid out for ``apply``, and scratch.
+
+    Every matrix carries its bias as its first column, and every block a first row of ones, so
+    each layer is one matrix product: ``[1; h'] = W' @ [1; h]``. The step multiplier is folded
+    into the direction's weights, the magnitude's multiplier into the magnitude's.
+    """
 
     def __init__(self, theta: dict, *, exp_mult: float, step_mult: float):
         layers = sum(1 for k in theta if k.startswith("ffn.") and k.endswith(".w"))
-        w0, skip = theta["ffn.0.w"][ORDER], theta["skip"][ORDER]
-        #: ``[channels, hidden + 1]``: the first layer with the linear skip as its last column.
-        self.first = torch.cat([w0, skip[:, None]], dim=1)
+
+        def with_bias(i):
+            return torch.cat([theta[f"ffn.{i}.b"][:, None], theta[f"ffn.{i}.w"].t()], dim=1)
+
+        w0 = torch.cat([theta["ffn.0.w"][ORDER].t(), step_mult * theta["skip"][ORDER][None]])
+        self.width = w0.shape[0] - 1
+        #: ``[width + 1, ROWS]``: the first layer, then the linear skip; the bias column is set
+        #: per tensor (its context).
+        self.first = torch.cat([w0.new_zeros(self.width + 1, 1), w0], dim=1)
         self.first_bias = theta["ffn.0.b"]
-        self.hidden = [(theta[f"ffn.{i}.w"].t(), theta[f"ffn.{i}.b"][:, None])
-                       for i in range(1, layers - 1)]
-        self.last = (theta[f"ffn.{layers - 1}.w"].t(), theta[f"ffn.{layers - 1}.b"][:, None])
-        self.exp_mult, self.step_mult = exp_mult, step_mult
+        #: ``first`` with the shared bias and unscaled (for ``Packed``: scaled features)
+        self.first_shared = self.first.clone()
+        self.first_shared[:self.width, 0] = self.first_bias
+        self.hidden = [with_bias(i) for i in range(1, layers - 1)]
+        self.last = with_bias(layers - 1) * w0.new_tensor([[step_mult], [exp_mult]])
         decays = torch.tensor(DECAYS, dtype=torch.float32, device=w0.device).view(1, K, 1)
         self.decays, self.one_minus_decays = decays, 1 - decays
         self.chunk = CHUNK if w0.device.type == "cpu" else DEVICE_CHUNK
         self._buffers: dict[str, torch.Tensor] = {}
+        self._scratch: dict[int, Scratch] = {}
 
-    def buffer(self, name: str, rows: int, cols: int) -> torch.Tensor:
-        """A contiguous ``[rows, cols]`` scratch block, reused across chunks and steps."""
+    def scratch(self, cols: int) -> Scratch:
+        """Scratch blocks for a chunk of ``cols`` elements (views of buffers of ``chunk``)."""
+        if cols not in self._scratch:
+            self._scratch[cols] = Scratch(self, cols)
+        return self._scratch[cols]
+
+    def buffer(self, name: str, rows: int, cols: int, ones: bool = False) -> torch.Tensor:
+        """``[rows, cols]`` of a ``[rows, chunk]`` buffer; with ``ones`` its first row is ones,
+        never written."""
         buf = self._buffers.get(name)
-        if buf is None or buf.numel() < rows * cols:
-            buf = self._buffers[name] = torch.empty(rows * cols, device=self.first.device)
-        return buf[:rows * cols].view(rows, cols)
+        if buf is None or buf.shape[1] < cols:
+            buf = torch.empty(rows, max(cols, self.chunk), device=self.first.device)
+            if ones:
+                buf[0] = 1.0
+            self._buffers[name] = buf
+        return buf[:, :cols]
+
+
+class Block:
+    """Row views of a feature block ``[ROWS, c]``."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x, self.g, self.p, self.logp = x, x[G], x[P], x[LOGP]
+        self.acc, self.m, self.v = x[M:], x[M:V], x[V:]
+        self.m_rsqrt_v, self.rsqrt_v = x[MR:R2], x[R2:P]
+        self.head, self.summary, self.features = x[G:P], x[P:], x[G:]
+
+    @classmethod
+    def new(cls, cols: int, device) -> Block:
+        x = torch.empty(ROWS, cols, device=device)
+        x[ONE] = 1.0
+        return cls(x)
+
+
+class Scratch:
+    """The scratch blocks of one chunk size."""
+
+    def __init__(self, net: Network, c: int):
+        self.block = Block(net.buffer("x", ROWS, c, ones=True))
+        self.tmp = net.buffer("tmp", ROWS - 1, c)
+        self.gg = net.buffer("gg", 2, c)
+        self.acc = net.buffer("acc", 2 * K, c).unflatten(0, (2, K))
+        self.s = net.buffer("s", net.width + 2, c, ones=True)  # ones, hidden, skip term
+        self.hidden = [net.buffer(f"h{i}", w.shape[0] + 1, c, ones=True)
+                       for i, w in enumerate(net.hidden)]
+        self.out = net.buffer("out", 2, c)
 
 
 def init_state(p: torch.Tensor) -> dict:
@@ -71,176 +126,293 @@ def init_state(p: torch.Tensor) -> dict:
             "moments": torch.zeros((2 * K, *p.shape), dtype=torch.float32, device=p.device)}
 
 
-class TensorStep:
-    """One parameter tensor's work within one optimizer step."""
+class Item:
+    """A parameter tensor within one optimizer step: flat views of parameter, gradient and
+    accumulators, and its gradient's clipping bound."""
 
-    def __init__(self, param: torch.Tensor, state: dict, lr: float, net: Network):
-        self.param, self.state, self.lr, self.net = param, state, lr, net
+    def __init__(self, param: torch.Tensor, state: dict, lr: float):
+        self.param, self.state, self.lr = param, state, lr
         self.flat = param.detach().reshape(-1)  # a copy only when param is not contiguous
         self.grad = param.grad.reshape(-1)
         self.acc = state["moments"].view(2 * K, -1)
         self.n = self.flat.numel()
-        self.own = None  # the feature block of a one-chunk tensor, kept from reduce to apply
-        self.bound = self.rms = self.summary = None
+        self.bound = None
 
-    def chunks(self):
-        return [(s, min(s + self.net.chunk, self.n)) for s in range(0, self.n, self.net.chunk)]
+    def add_(self, step: torch.Tensor, start: int = 0) -> None:
+        """Adds the flat float32 ``step`` (times the group's lr) to the parameter's elements
+        from ``start`` on."""
+        if self.lr != 1.0:
+            step.mul_(self.lr)
+        dst = self.flat[start:start + step.numel()]
+        dst.add_(step if dst.dtype == torch.float32 else step.to(dst.dtype))
 
-    # --- phase 1 ------------------------------------------------------------------------------
-
-    def reduce(self, multiple: float, summaries: bool) -> None:
-        """Clips the gradient, updates the accumulators, and reduces the tensor: per-channel
-        sums of squares and, with ``summaries``, the sums behind ``tensor_features``."""
-        st = self.state
-        self.bound, st["clip_ms"] = clip_bound(grad_mean_square(self.grad), st["clip_ms"],
-                                               multiple=multiple)
-        exact = self.flat.device.type != "cpu"  # float64 sums: no check, no synchronisation
-        parts = self._reduce_chunks(summaries, update=True, exact=exact)
-        if not exact and not self._accurate(parts, summaries):
-            parts = self._reduce_chunks(summaries, update=False, exact=True)
-        self._combine(parts, summaries)
-
-    def _reduce_chunks(self, summaries, *, update, exact):
-        net, parts = self.net, []
-        for s, e in self.chunks():
-            c = e - s
-            acc = self.acc[:, s:e]
-            if update:
-                gg = net.buffer("gg", 2, c)
-                clipped_gradient_(gg[0], self.grad[s:e], self.bound)
-                torch.mul(gg[0], gg[0], out=gg[1])
-                _accumulate(acc.view(2, K, c), gg.view(2, 1, c), net)
-            if c == self.n:
-                x = self.own = torch.empty(NUM_CHANNELS, c, device=self.flat.device)
-            else:
-                x = net.buffer("x", NUM_CHANNELS, c)
-            if update:
-                x[G].copy_(gg[0])
-            else:
-                clipped_gradient_(x[G], self.grad[s:e], self.bound)
-            _fill(x, self.flat[s:e], acc)
-            parts.append(_reduce_block(x, net.buffer("tmp", NUM_CHANNELS - P, c), summaries,
-                                       torch.float64 if exact else None))
-        return parts
-
-    def _accurate(self, parts, summaries) -> bool:
-        """Whether float32 sums of squares neither overflowed nor lost elements to underflow."""
-        sums = [p[0] for p in parts]
-        if summaries and self.n > 1:
-            sums += [p[4] for p in parts]
-        ss = torch.cat(sums)
-        return bool(torch.isfinite(ss).all() and (ss > _TINY).all())
-
-    def _combine(self, parts, summaries) -> None:
-        n = self.n
-        # RMS before any cast: float64 sums of squares can be below float32's range
-        self.rms = (torch.stack([p[0] for p in parts]).sum(0) / n).sqrt().float()
-        if not summaries:
-            return
-        logmag, sign, total, centred = (torch.stack([p[i] for p in parts]) for i in range(1, 5))
-        if len(parts) == 1:
-            m2 = centred[0]
-        else:  # Chan et al.: chunk means and centred sums of squares combine exactly
-            sizes = torch.tensor([e - s for s, e in self.chunks()], dtype=total.dtype,
-                                 device=total.device)[:, None]
-            mean = total.sum(0) / n
-            m2 = (centred + sizes * (total / sizes - mean).square()).sum(0)
-        self.summary = (logmag.sum(0) / n, sign.sum(0) / n, (m2 / n).sqrt().float())
-
-    def tensor_features(self) -> list[torch.Tensor]:
-        """The LSTM inputs of ``lopt.optimizers.features.tensor_features`` but the size ones:
-        summaries of momenta, second moments and values; log RMS of parameter and gradient."""
-        logmag, sign, rms_centred = self.summary
-        logvar = 2 * (rms_centred + 1e-30).log()
-        groups = (slice(1, 1 + K), slice(1 + K, 1 + 2 * K), slice(0, 1))  # m, v, p
-        out = [t for g in groups for t in (0.1 * logmag[g], sign[g], 0.1 * logvar[g])]
-        return out + [0.1 * (self.rms[[P, G]] + 1e-30).log()]
-
-    # --- phase 2 ------------------------------------------------------------------------------
-
-    def apply(self, bias: torch.Tensor) -> torch.Tensor:
-        """Adds this tensor's learned step to the parameter; ``bias`` ``[hidden]`` is its context
-        in the first layer. Returns the mean of the last hidden layer ``[hidden]``."""
-        net = self.net
-        scales = self.rms + 1e-30
-        first = (net.first / scales[:, None]).t()
-        first_bias = torch.cat([net.first_bias + bias, bias.new_zeros(1)])[:, None]
-        hidden_sum = 0
-        for s, e in self.chunks():
-            x = self.own
-            if x is None:
-                x = net.buffer("x", NUM_CHANNELS, e - s)
-                clipped_gradient_(x[G], self.grad[s:e], self.bound)
-                _fill(x, self.flat[s:e], self.acc[:, s:e])
-            step, h_sum = _network(net, first, first_bias, x)
-            hidden_sum = hidden_sum + h_sum
-            if self.lr != 1.0:
-                step.mul_(self.lr)
-            dst = self.flat[s:e]
-            dst.add_(step if dst.dtype == torch.float32 else step.to(dst.dtype))
+    def finish(self) -> None:
         if self.flat.data_ptr() != self.param.data_ptr():
             self.param.copy_(self.flat.view_as(self.param))
         self.state["step"] += 1
-        return hidden_sum / self.n
 
 
-def _accumulate(acc, gg, net: Network) -> None:
-    """``acc = decays * acc + (1 - decays) * gg`` in place, the first product fused into the sum
-    (one multiply-add) as XLA:CPU usually compiles it: accumulators then match JAX bit for bit,
-    and with them the sign and log-magnitude summaries of near-zero momenta."""
-    tmp = torch.mul(net.one_minus_decays, gg, out=net.buffer("acc", 2 * K, gg.shape[-1]).view(
-        2, K, -1))
-    torch.addcmul(tmp, net.decays, acc, out=acc)
-
-
-def _fill(x: torch.Tensor, p: torch.Tensor, acc: torch.Tensor) -> None:
-    """Writes all feature rows but the gradient's from parameter and accumulator chunks."""
-    x[P].copy_(p)
-    x[M:].copy_(acc)
-    torch.abs(x[P], out=x[LOGP]).add_(1e-8).log_()
-    vs = torch.add(x[V:], EPS, out=x[R2:R2 + K])
-    torch.rsqrt(vs, out=x[MR:MR + K]).mul_(x[M:M + K])
-    vs.add_(1e-16).rsqrt_()
-
-
-def _reduce_block(x, tmp, summaries, dtype):
-    """Partial reductions of one feature block: per-row sums of squares; with ``summaries``,
-    sums of log-magnitudes and signs, sums, and centred sums of squares of the p, m, v rows."""
-    squares = _sum_squares(x, dtype)
-    if not summaries:
-        return (squares,)
-    s = x[SUMMARY]
-    logmag = torch.abs(s, out=tmp).add_(1e-30).log_().sum(1)
-    sign = torch.sign(s, out=tmp).sum(1)
-    total = s.sum(1, dtype=dtype)
-    centred = torch.sub(s, (total / s.shape[1]).to(s.dtype)[:, None], out=tmp)
-    return squares, logmag, sign, total, _sum_squares(centred, dtype)
-
-
-def _sum_squares(x: torch.Tensor, dtype=None, block: int = 1024) -> torch.Tensor:
-    """Row sums of squares ``[rows]``. In float32, as norms of ``block``-element pieces: one
-    norm over a long row sums naively and drifts (2e-5 over 30k elements), pieces do not."""
-    if dtype is not None or x.shape[1] <= block:
-        return torch.linalg.vector_norm(x, dim=1, dtype=dtype).square()
-    rows, n = x.shape
-    full = n - n % block
-    out = torch.linalg.vector_norm(x[:, :full].view(rows, -1, block), dim=2).square().sum(1)
-    if full < n:
-        out += torch.linalg.vector_norm(x[:, full:], dim=1).square()
+def groups(items: list[Item], nets) -> list:
+    """Tensors of more than a chunk alone (``Chunked``); smaller ones packed (``Packed``)."""
+    out, pack, size = [], [], 0
+    for it in items:
+        net = nets(it.flat.device)
+        if it.n > net.chunk:
+            out.append(Chunked(it, net))
+            continue
+        if pack and (size + it.n > net.chunk or pack[0].flat.device != it.flat.device):
+            out.append(Packed(pack, nets(pack[0].flat.device)))
+            pack, size = [], 0
+        pack.append(it)
+        size += it.n
+    if pack:
+        out.append(Packed(pack, nets(pack[0].flat.device)))
     return out
 
 
-def _network(net: Network, first, first_bias, x):
-    """Per-element network on a feature block ``[channels, c]``: the step ``[c]`` (a view of
-    scratch) and the sum of the last hidden layer over the block."""
-    c = x.shape[1]
-    width = first.shape[0] - 1
-    s = torch.addmm(first_bias, first, x, out=net.buffer("s", width + 1, c))
-    h = s[:width].relu_()
-    for i, (w, b) in enumerate(net.hidden):
-        h = torch.addmm(b, w, h, out=net.buffer(f"h{i}", w.shape[0], c)).relu_()
-    w, b = net.last
-    out = torch.addmm(b, w, h, out=net.buffer("out", 2, c))
-    step = out[0].add_(s[width])
-    step.mul_(out[1].mul_(net.exp_mult).exp_()).mul_(net.step_mult)
-    return step, h.sum(1)
+class Chunked:
+    """A large tensor, ``chunk`` elements at a time."""
+
+    def __init__(self, item: Item, net: Network):
+        self.items, self.net, self.it = [item], net, item
+        self.chunks = [(s, min(s + net.chunk, item.n)) for s in range(0, item.n, net.chunk)]
+
+    def reduce(self, summaries: bool, *, update: bool, exact: bool) -> list[torch.Tensor]:
+        """With ``update``, clips the gradient and updates the accumulators. Returns ``[1, rows]``
+        sums (``_reduce_block``) over the tensor (float64 sums when ``exact``)."""
+        net, it, parts = self.net, self.it, []
+        dtype = torch.float64 if exact else None
+        for s, e in self.chunks:
+            sc, acc = net.scratch(e - s), it.acc[:, s:e]
+            b = sc.block
+            if update:
+                g = clipped_gradient_(sc.gg[0], it.grad[s:e], it.bound)
+                torch.mul(g, g, out=sc.gg[1])
+                _accumulate(acc.view(2, K, -1), sc.gg.unsqueeze(1), sc.acc, net)
+                b.g.copy_(g)
+            else:
+                clipped_gradient_(b.g, it.grad[s:e], it.bound)
+            _fill(b, it.flat[s:e], acc)
+            parts.append(_reduce_block(b, sc.tmp, summaries, dtype, _Rows(e - s)))
+        sums = [sum(p[i] for p in parts) for i in range(len(parts[0]))]
+        if summaries and len(parts) > 1:  # Chan et al.: chunks' centred sums combine exactly
+            mean = sums[3] / it.n
+            sums[4] = sums[4] + sum((e - s) * (p[3] / (e - s) - mean).square()
+                                    for (s, e), p in zip(self.chunks, parts))
+        return [x[None] for x in sums]
+
+    def apply(self, rms: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Adds the learned step to the parameter, from the features' RMS ``[1, ROWS]`` and the
+        context ``[1, width]``. Returns the sum of the last hidden layer ``[1, width]``."""
+        net, it, hidden = self.net, self.it, 0
+        first = net.first / (rms + 1e-30)
+        first[:net.width, 0] = net.first_bias + context[0]
+        for s, e in self.chunks:
+            sc = net.scratch(e - s)
+            b = sc.block
+            clipped_gradient_(b.g, it.grad[s:e], it.bound)
+            _fill(b, it.flat[s:e], it.acc[:, s:e])
+            step, h = _network(net, sc, first, b.x)
+            hidden = hidden + h[1:].sum(1)
+            it.add_(step, s)
+        it.finish()
+        return hidden[None]
+
+
+class Packed:
+    """Small tensors as segments of one feature block, kept from ``reduce`` to ``apply``."""
+
+    def __init__(self, items: list[Item], net: Network):
+        self.items, self.net = items, net
+        self.sizes = [it.n for it in items]
+        self.n = sum(self.sizes)
+        self.counts = torch.tensor(self.sizes, device=items[0].flat.device)
+        self.count = self.counts.float()
+        self.block = Block.new(self.n, items[0].flat.device)
+
+    def spread(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-segment ``values [..., T]`` repeated over each segment's elements."""
+        return values.repeat_interleave(self.counts, dim=-1)
+
+    def sums(self, x: torch.Tensor, dtype=None) -> torch.Tensor:
+        """Per-segment row sums ``[rows, T]`` of ``x [rows, N]``."""
+        return torch.stack([c.sum(1, dtype=dtype) for c in x.split(self.sizes, dim=1)], 1)
+
+    def reduce(self, summaries: bool, *, update: bool, exact: bool) -> list[torch.Tensor]:
+        """As ``Chunked.reduce``, per segment: ``[T, rows]`` sums."""
+        net, b, sc = self.net, self.block, self.net.scratch(self.n)
+        dtype = torch.float64 if exact else None
+        if update:
+            self.grad = torch.cat([it.grad for it in self.items])
+            self.bound = self.spread(torch.stack([it.bound for it in self.items]))
+            self.acc = torch.cat([it.acc for it in self.items], dim=1)
+            g = clipped_gradient_(sc.gg[0], self.grad, self.bound)
+            torch.mul(g, g, out=sc.gg[1])
+            _accumulate(self.acc.view(2, K, -1), sc.gg.unsqueeze(1), sc.acc, net)
+            torch._foreach_copy_([it.acc for it in self.items],
+                                 list(self.acc.split(self.sizes, dim=1)))
+            b.g.copy_(g)
+        else:
+            clipped_gradient_(b.g, self.grad, self.bound)
+        _fill(b, torch.cat([it.flat for it in self.items]), self.acc)
+        sums = _reduce_block(b, sc.tmp, summaries, dtype, self)
+        return [x.t() for x in sums]
+
+    def apply(self, rms: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """As ``Chunked.apply``, per segment: ``rms [T, ROWS]``, ``context [T, width]``."""
+        net, b = self.net, self.block
+        b.features.div_(self.spread((rms[:, 1:] + 1e-30).t()))
+        step, h = _network(net, net.scratch(self.n), net.first_shared, b.x,
+                           self.spread(context.t()))
+        for it, part in zip(self.items, step.split(self.sizes)):
+            it.add_(part)
+            it.finish()
+        return self.sums(h[1:]).t()
+
+
+def reduce_all(groups: list, *, multiple: float, summaries: bool, device):
+    """Phase 1 for all tensors: clips, accumulates and reduces. Returns ``(rms [T, ROWS]``
+    (each row's RMS; 1 for the ones row), ``summaries [T, 3, 11]`` (mean log-magnitude, mean
+    sign, RMS about the mean of the p, m, v rows) or None``), tensors in group order."""
+    items = [it for g in groups for it in g.items]
+    _clip(items, multiple, device)
+    exact = device.type != "cpu"  # float64 sums: no check, no synchronisation
+    parts = [g.reduce(summaries, update=True, exact=exact) for g in groups]
+    if not exact:
+        for i, g in enumerate(groups):
+            checked = [parts[i][0]] + ([parts[i][4][[j for j, it in enumerate(g.items)
+                                                      if it.n > 1]]] if summaries else [])
+            if not _accurate(torch.cat([c.flatten() for c in checked])):
+                parts[i] = g.reduce(summaries, update=False, exact=True)
+    n = torch.tensor([float(it.n) for it in items], dtype=torch.float64, device=device)[:, None]
+
+    def stacked(i):
+        return torch.cat([p[i].to(device=device, dtype=torch.float64) for p in parts])
+
+    # RMS before any cast to float32: float64 sums of squares can be below its range
+    rms = torch.cat([n.new_ones(len(items), 1), (stacked(0) / n).sqrt()], dim=1).float()
+    if not summaries:
+        return rms, None
+    return rms, torch.stack([stacked(1) / n, stacked(2) / n, (stacked(4) / n).sqrt()], 1).float()
+
+
+def apply_all(groups: list, rms, biases) -> torch.Tensor:
+    """Phase 2 for all tensors, with context ``biases [T, width]``. Returns the mean of the last
+    hidden layer of each tensor ``[T, width]``."""
+    sums, start = [], 0
+    for g in groups:
+        stop = start + len(g.items)
+        device = g.items[0].flat.device
+        sums.append(g.apply(rms[start:stop].to(device), biases[start:stop].to(device))
+                    .to(rms.device))
+        start = stop
+    n = torch.tensor([float(it.n) for g in groups for it in g.items], device=rms.device)
+    return torch.cat(sums) / n[:, None]
+
+
+def _clip(works, multiple, device) -> None:
+    """Dynamic clipping bounds of all tensors (``Item.bound``); updates ``clip_ms``.
+    A tensor's first step starts from its current mean square, so nothing is clipped by an
+    empty history."""
+    squares = torch.stack([_grad_squares(w.grad).to(device) for w in works])
+    if device.type != "cpu" or not torch.isfinite(squares).all():
+        # non-finite gradient elements count as zero (on the CPU redone only when needed)
+        squares = torch.stack([_grad_squares(torch.nan_to_num(w.grad.float(), 0.0, 0.0, 0.0))
+                               .to(device) for w in works])
+    current = squares / torch.tensor([float(w.n) for w in works], device=device)
+    ms = current
+    if any(w.state["clip_ms"] is not None for w in works):
+        previous = torch.stack([current[i] if w.state["clip_ms"] is None
+                                else w.state["clip_ms"].to(device) for i, w in enumerate(works)])
+        first = torch.tensor([w.state["clip_ms"] is None for w in works], device=device)
+        ms = torch.where(first, current, CLIP_DECAY * previous + (1 - CLIP_DECAY) * current)
+    bounds = multiple * ms.sqrt()
+    for w, m, b in zip(works, ms.unbind(), bounds.unbind()):
+        w.state["clip_ms"], w.bound = m, b.to(w.flat.device)
+
+
+def _grad_squares(g: torch.Tensor) -> torch.Tensor:
+    g = g.float()
+    return torch.dot(g, g)
+
+
+def _accurate(sums: torch.Tensor) -> bool:
+    """Whether float32 sums of squares neither overflowed nor lost elements to underflow."""
+    return bool(torch.isfinite(sums).all() and (sums > _TINY).all())
+
+
+def _accumulate(acc, gg, tmp, net: Network) -> None:
+    """``acc = decays * acc + (1 - decays) * gg`` in place, the first product fused into the sum
+    (one multiply-add) as XLA:CPU usually compiles it: accumulators then match JAX bit for bit,
+    and with them the sign and log-magnitude summaries of near-zero momenta."""
+    torch.addcmul(torch.mul(net.one_minus_decays, gg, out=tmp), net.decays, acc, out=acc)
+
+
+def _fill(b: Block, p: torch.Tensor, acc: torch.Tensor) -> None:
+    """Writes all feature rows but the gradient's from parameter and accumulator chunks."""
+    b.p.copy_(p)
+    b.acc.copy_(acc)
+    torch.abs(b.p, out=b.logp).add_(1e-8).log_()
+    vs = torch.add(b.v, EPS, out=b.rsqrt_v)
+    torch.rsqrt(vs, out=b.m_rsqrt_v).mul_(b.m)
+    vs.add_(1e-16).rsqrt_()
+
+
+class _Rows:
+    """Reductions over whole rows of a block of ``count`` elements (see ``Packed``)."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    @staticmethod
+    def sums(x: torch.Tensor, dtype=None) -> torch.Tensor:
+        return x.sum(-1, dtype=dtype)
+
+    @staticmethod
+    def spread(values: torch.Tensor) -> torch.Tensor:
+        return values[..., None]
+
+
+def _reduce_block(b: Block, tmp, summaries, dtype, seg):
+    """Reductions of a feature block over rows or segments (``seg``: ``_Rows`` or ``Packed``):
+    sums of squares of the features; with ``summaries`` sums of log-magnitudes and signs, sums
+    and centred sums of squares of the p, m, v rows. Float64 sums when ``dtype`` is."""
+    if not summaries:
+        return (_squares(b.features, tmp, dtype, seg),)
+    s, t = b.summary, tmp[:ROWS - P]
+    logmag = seg.sums(torch.abs(s, out=t).add_(1e-30).log_())
+    sign = seg.sums(torch.sign(s, out=t))
+    total = seg.sums(s, dtype)
+    mean = (total / seg.count).to(s.dtype)
+    centred = _squares(torch.sub(s, seg.spread(mean), out=t), t, dtype, seg)
+    # the p, m, v rows' sums of squares from their centred ones: no third pass over them
+    squares = torch.cat([_squares(b.head, tmp[:P - G], dtype, seg),
+                         centred + total.square() / seg.count])
+    return squares, logmag, sign, total, centred
+
+
+def _squares(x: torch.Tensor, out: torch.Tensor, dtype, seg) -> torch.Tensor:
+    """Sums of squares: float32 products and PyTorch's cascaded sums (a single norm over a long
+    row drifts by 2e-5), or float64 throughout."""
+    if dtype is not None:
+        x = x.to(dtype)
+        return seg.sums(x * x)
+    return seg.sums(torch.mul(x, x, out=out))
+
+
+def _network(net: Network, sc: Scratch, first, x, context=None):
+    """Per-element network on a feature block ``[ROWS, c]``, plus per-element ``context``
+    ``[width, c]`` if given: the step ``[c]`` and the last hidden block ``[1 + width, c]``
+    (views of scratch)."""
+    width = net.width
+    torch.mm(first, x, out=sc.s[1:])
+    h = sc.s[:width + 1]
+    if context is not None:
+        h[1:].add_(context)
+    h[1:].relu_()
+    for w, out in zip(net.hidden, sc.hidden):
+        torch.mm(w, h, out=out[1:]).relu_()
+        h = out
+    out = torch.mm(net.last, h, out=sc.out)
+    step = out[0].add_(sc.s[width + 1])
+    return step.mul_(out[1].exp_()), h

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from lopt.torch._features import init_loss_stats, loss_features, size_features, step_features
-from lopt.torch._per_element import Network, TensorStep, init_state
+from lopt.torch._per_element import Item, Network, apply_all, groups, init_state, reduce_all
 from lopt.torch._weights import Weights
 
 
@@ -33,7 +33,7 @@ class PerElementRule(Rule):
     tensor's context (the first layer's bias) in ``context`` and use the network's feedback
     in ``finish``."""
 
-    summaries = False  # whether ``context`` needs TensorStep.tensor_features()
+    summaries = False  # whether ``context`` needs the tensor summaries
 
     def __init__(self, weights: Weights):
         super().__init__(weights)
@@ -52,20 +52,23 @@ class PerElementRule(Rule):
         return init_loss_stats(device)
 
     def step(self, items, state, glob, loss, valid) -> None:
+        device = loss.device
         loss_f, stats = loss_features(glob, loss, valid)
-        works = []
-        for p, lr in items:
+        for p, _ in items:
             if not state[p]:
                 state[p].update(self.init_tensor_state(p))
-            work = TensorStep(p, state[p], lr, self.network(p.device))
-            work.reduce(self.learned.clip_multiple, self.summaries)
-            works.append(work)
-        biases, extra = self.context(works, glob, loss_f)
-        means = [w.apply(b.to(w.flat.device)) for w, b in zip(works, biases)]
+        parts = groups([Item(p, state[p], lr) for p, lr in items], self.network)
+        works = [it for g in parts for it in g.items]  # the order of all per-tensor rows
+        rms, summaries = reduce_all(parts, multiple=self.learned.clip_multiple,
+                                    summaries=self.summaries, device=device)
+        biases, extra = self.context(works, glob, loss_f, rms, summaries)
+        means = apply_all(parts, rms, biases)
         glob.update(stats)
         self.finish(works, means, glob, extra)
 
-    def context(self, works, glob, loss_f) -> tuple[torch.Tensor, object]:
+    def context(self, works, glob, loss_f, rms, summaries) -> tuple[torch.Tensor, object]:
+        """Each tensor's context ``[T, width]`` (and anything ``finish`` needs), from the
+        features' RMS ``[T, ROWS]`` and summaries (``reduce_all``)."""
         raise NotImplementedError
 
     def finish(self, works, means, glob, extra) -> None:
