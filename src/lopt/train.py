@@ -155,7 +155,9 @@ def _num_runs(task_list, opt_hparams, keys):
     return sizes.pop()
 
 
-@functools.lru_cache(maxsize=64)
+# Few programs are kept: each compiled program holds its machine code in thousands of memory
+# mappings on CPU, and a process may have only about 65k (a long benchmark would run out).
+@functools.lru_cache(maxsize=8)
 def _compiled(spec, optimizer, num_steps, eval_every, eval_size, eval_splits, valid_every,
               has_opt_hp, batched, hp_axis, data_axis, opt_axis):
     run = _make_run(spec, optimizer, num_steps, eval_every, eval_size, eval_splits, valid_every,

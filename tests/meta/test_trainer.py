@@ -60,7 +60,9 @@ def test_pools_rotate_over_buckets_and_resume_exactly(tmp_path):
     buckets = [[ts[0].bucket for ts in select_tasks(config, step=s)] for s in range(8)]
     changed = [s for s in range(1, 8) for i in range(2) if buckets[s][i] != buckets[s - 1][i]]
     assert changed and len(changed) == len(set(changed))  # staggered: one slot at a time
-    straight = MetaTrainer(config, tmp_path / "a", progress=False).run()
+    trainer = MetaTrainer(config, tmp_path / "a", progress=False)
+    straight = trainer.run()
+    assert len(trainer.worker._programs) <= 2  # programs of rotated-out buckets are dropped
     first = MetaTrainer(config, tmp_path / "b", progress=False)
     first.run(until=6)  # checkpointed at 6, after both slots have rotated once
     resumed = resume(tmp_path / "b", progress=False)

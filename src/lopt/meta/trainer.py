@@ -8,6 +8,7 @@ continues one from its last checkpoint.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import defaultdict
@@ -17,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from lopt.meta.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from lopt.meta.config import MetaTrainConfig
@@ -92,18 +94,21 @@ def select_tasks(config: MetaTrainConfig, group: str = "meta_train", *,
             for i in range(config.num_pools)]
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _initial_loss(spec, hp, data, key):
+    """Loss at initialisation on the train split's fixed evaluation batch (one program per
+    shape bucket, rather than hundreds of eagerly dispatched ones)."""
+    params = spec.init(hp, key)
+    return spec.loss(hp, params, eval_split(spec, hp, data, "train", 256), jax.random.key(0))
+
+
 def normalisers(tasks: list[Task], config: MetaTrainConfig, *, num_steps: int,
                 progress: bool = False) -> dict[str, tuple[float, float]]:
     """(initial loss, best baseline loss) per task: from the baseline store, or (loss at init,
     0) when ``normalise == "initial"``."""
     if config.normalise == "initial":
-        out = {}
-        for t in tasks:
-            params = t.init(jax.random.key(config.seed))
-            loss = t.loss(params, eval_split(t.spec, t.hparams, t.data, "train", 256),
-                          jax.random.key(0))
-            out[t.id] = (float(loss), 0.0)
-        return out
+        key = jax.random.key(config.seed)
+        return {t.id: (float(_initial_loss(t.spec, t.hparams, t.data, key)), 0.0) for t in tasks}
     from lopt.evaluate import BaselineStore, best_loss, fill_store, initial_loss
 
     store = BaselineStore(config.store, num_steps=num_steps)
@@ -247,8 +252,6 @@ class MetaTrainer:
     def evaluate(self) -> dict[str, float]:
         """Mean training loss over ``eval_steps`` on held-out tasks, relative to the loss at
         initialisation (lower is better; Adam at 1e-3 is reported alongside for scale)."""
-        import optax
-
         from lopt.train import train_many
 
         c = self.config
@@ -260,7 +263,7 @@ class MetaTrainer:
             thetas = jax.tree_util.tree_map(lambda a: jnp.stack([a] * n), self.learner.theta)
             r = train_many(tasks, self.learned.optimizer, c.eval_steps, keys, opt_hparams=thetas,
                            eval_splits=("train",), eval_every=c.eval_steps, valid_every=10)
-            a = train_many(tasks, optax.adam(1e-3), c.eval_steps, keys,
+            a = train_many(tasks, EVAL_ADAM, c.eval_steps, keys,
                            eval_splits=("train",), eval_every=c.eval_steps)
             for res, sink in ((r, ours), (a, adam)):
                 init = np.asarray(res.eval_loss["train"][:, 0], np.float64)
@@ -288,6 +291,10 @@ class MetaTrainer:
 
         store = BaselineStore(self.config.store, num_steps=self.config.eval_steps)
         return {t.id: store.get(t) for ts in self.eval_tasks for t in ts}
+
+
+#: One object, so that its compiled evaluation programs are found again in the cache.
+EVAL_ADAM = optax.adam(1e-3)
 
 
 def _normalised(record, mean_loss) -> tuple[float, float]:

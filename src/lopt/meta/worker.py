@@ -7,7 +7,6 @@ arrays back, so the same object can live in this process or inside a Ray actor.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections import defaultdict
 from typing import Any, NamedTuple, Sequence
@@ -86,6 +85,7 @@ class Worker:
         self.seed = seed
         self.families = list(families) or [p.task_ids[0].split("/")[0] for p, _ in pools]
         self.states: list[EstimatorState] | None = None
+        self._programs: dict = {}
         self.calls = 0
 
     # -- state ------------------------------------------------------------------------------
@@ -98,10 +98,18 @@ class Worker:
     def _fresh_state(self, i: int, theta, seed: int) -> EstimatorState:
         pool, pairs = self.pools[i]
         keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), i), pairs)
-        runs = jax.vmap(lambda k: U.new_run(
-            pool, lambda: self.learned.optimizer(theta), k,
-            min_length=self.config.min_length, horizon=self.config.horizon))(keys)
-        return init_estimator_state(runs, theta)
+
+        # One compiled program, dropped after use: run eagerly, the init would leave hundreds
+        # of small cached executables per shape bucket (each holds code mappings; a long
+        # rotating run would exhaust the process's memory-map limit).
+        @jax.jit
+        def fresh(theta, pool, keys):
+            runs = jax.vmap(lambda k: U.new_run(
+                pool, lambda: self.learned.optimizer(theta), k,
+                min_length=self.config.min_length, horizon=self.config.horizon))(keys)
+            return init_estimator_state(runs, theta)
+
+        return fresh(theta, pool, keys)
 
     def replace_pool(self, i: int, pool: tuple[U.Pool, int], theta, *, seed: int) -> None:
         """Swaps pool ``i`` for another (e.g. a new shape bucket) with fresh inner runs."""
@@ -109,6 +117,19 @@ class Worker:
         self.families[i] = pool[0].task_ids[0].split("/")[0]
         if self.states is not None:
             self.states[i] = self._fresh_state(i, theta, seed)
+
+    def _program(self, pool: U.Pool):
+        key = (self.config, pool.spec, pool.data_per_task)
+        if key not in self._programs:
+            self._programs[key] = _estimate_program(self.learned, self.config)
+        return self._programs[key]
+
+    def _drop_unused_programs(self) -> None:
+        """Forgets compiled estimates of other configs and of buckets no pool holds any more
+        (compiled programs are kept only while in use, which bounds the process's memory)."""
+        live = {(self.config, p.spec, p.data_per_task) for p, _ in self.pools}
+        for key in set(self._programs) - live:
+            del self._programs[key]
 
     def state_dict(self) -> dict:
         return {"states": self.states, "calls": self.calls}
@@ -126,8 +147,9 @@ class Worker:
         t0 = time.perf_counter()
         grads, by_family = [], defaultdict(list)
         key = jax.random.fold_in(jax.random.key(self.seed + 1), self.calls)
+        self._drop_unused_programs()
         for i, (pool, pairs) in enumerate(self.pools):
-            fn = _compiled_estimate(self.learned, self.config, pool.spec, pool.data_per_task)
+            fn = self._program(pool)
             grad, self.states[i], meta = fn(theta, pool, self.states[i],
                                             jax.random.fold_in(key, i))
             grads.append(grad)
@@ -143,9 +165,8 @@ class Worker:
         return Estimate(jax.device_get(grad), version, metrics)
 
 
-@functools.lru_cache(maxsize=32)
-def _compiled_estimate(learned, config: UnrollConfig, spec, data_per_task):
-    del spec, data_per_task  # part of the cache key only (they fix the traced shapes)
+def _estimate_program(learned, config: UnrollConfig):
+    """A jitted estimate for one pool (compiled on first call for the pool's shapes)."""
 
     def run(theta, pool, state, key):
         def unroll_fn(thetas, states):
