@@ -7,6 +7,7 @@ import pytest
 torch = pytest.importorskip("torch", minversion="2.1")
 
 from lopt.torch import LearnedOptimizer  # noqa: E402
+from lopt.torch import _per_element as PE  # noqa: E402
 
 SHAPES = [(), (7,), (30, 20), (3, 3, 2, 4)]
 
@@ -60,3 +61,17 @@ def test_a_nan_gradient_element_does_not_poison_the_state(weights_files, name):
         assert all(torch.isfinite(v).all() for v in opt.state[p].values()
                    if isinstance(v, torch.Tensor))
     assert opt._global["loss_count"] == 0  # non-finite losses leave the statistics alone
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-10])
+def test_accelerator_path_gives_the_same_updates(weights_files, monkeypatch, scale):
+    """The path for GPUs (float64 sums and sanitised gradients, no synchronisation), run on the
+    CPU, agrees with the CPU path (float32 sums, checked)."""
+    path = weights_files["hierarchical"][2]
+    grads = _grads(3, scale)
+    grads[1][2][0, 0] = float("inf")
+    host, _ = _steps(path, grads, chunk=64)
+    monkeypatch.setattr(PE, "on_host", lambda device: False)
+    device, _ = _steps(path, grads, chunk=64)
+    for a, b in zip(host, device):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

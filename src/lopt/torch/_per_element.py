@@ -40,6 +40,12 @@ ORDER = [0, 2, *range(3 + K, 3 + 2 * K), *range(3 + 3 * K, 3 + 4 * K), 1, *range
 _TINY = 1e-24
 
 
+def on_host(device: torch.device) -> bool:
+    """Whether tensors on ``device`` live in host memory: then reading a value to decide on a
+    fast path is free. Elsewhere (GPUs) the code never synchronises: it takes the safe path."""
+    return device.type == "cpu"
+
+
 class Network:
     """The per-element network's weights on one device, laid out for ``apply``, and scratch.
 
@@ -67,7 +73,7 @@ class Network:
         self.last = with_bias(layers - 1) * w0.new_tensor([[step_mult], [exp_mult]])
         decays = torch.tensor(DECAYS, dtype=torch.float32, device=w0.device).view(1, K, 1)
         self.decays, self.one_minus_decays = decays, 1 - decays
-        self.chunk = CHUNK if w0.device.type == "cpu" else DEVICE_CHUNK
+        self.chunk = CHUNK if on_host(w0.device) else DEVICE_CHUNK
         self._buffers: dict[str, torch.Tensor] = {}
         self._scratch: dict[int, Scratch] = {}
 
@@ -276,7 +282,7 @@ def reduce_all(groups: list, *, multiple: float, summaries: bool, device):
     sign, RMS about the mean of the p, m, v rows) or None``), tensors in group order."""
     items = [it for g in groups for it in g.items]
     _clip(items, multiple, device)
-    exact = device.type != "cpu"  # float64 sums: no check, no synchronisation
+    exact = not on_host(device)  # float64 sums: no check, no synchronisation
     parts = [g.reduce(summaries, update=True, exact=exact) for g in groups]
     if not exact:
         for i, g in enumerate(groups):
@@ -315,7 +321,7 @@ def _clip(works, multiple, device) -> None:
     A tensor's first step starts from its current mean square, so nothing is clipped by an
     empty history."""
     squares = torch.stack([_grad_squares(w.grad).to(device) for w in works])
-    if device.type != "cpu" or not torch.isfinite(squares).all():
+    if not on_host(device) or not torch.isfinite(squares).all():
         # non-finite gradient elements count as zero (on the CPU redone only when needed)
         squares = torch.stack([_grad_squares(torch.nan_to_num(w.grad.float(), 0.0, 0.0, 0.0))
                                .to(device) for w in works])
