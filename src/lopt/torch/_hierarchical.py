@@ -45,10 +45,8 @@ class HierarchicalRule(PerElementRule):
         h, c, pooled = extra
         th = self.weights.on(h.device)
         feedback = torch.tanh(means @ th["feedback.w"] + th["feedback.b"])
-        for i, w in enumerate(works):
-            w.state["lstm_h"].copy_(h[i])
-            w.state["lstm_c"].copy_(c[i])
-            w.state["feedback"].copy_(feedback[i])
+        for key, value in (("lstm_h", h), ("lstm_c", c), ("feedback", feedback)):
+            torch._foreach_copy_([w.state[key] for w in works], list(value.unbind()))
         glob["pooled"] = pooled
 
     @staticmethod

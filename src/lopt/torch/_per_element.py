@@ -18,6 +18,8 @@ float32 sums and where constant factors are multiplied in differ.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from lopt.optimizers.features import CLIP_DECAY, DECAYS, EPS
@@ -66,9 +68,6 @@ class Network:
         #: per tensor (its context).
         self.first = torch.cat([w0.new_zeros(self.width + 1, 1), w0], dim=1)
         self.first_bias = theta["ffn.0.b"]
-        #: ``first`` with the shared bias and unscaled (for ``Packed``: scaled features)
-        self.first_shared = self.first.clone()
-        self.first_shared[:self.width, 0] = self.first_bias
         self.hidden = [with_bias(i) for i in range(1, layers - 1)]
         self.last = with_bias(layers - 1) * w0.new_tensor([[step_mult], [exp_mult]])
         decays = torch.tensor(DECAYS, dtype=torch.float32, device=w0.device).view(1, K, 1)
@@ -207,18 +206,16 @@ class Chunked:
                                     for (s, e), p in zip(self.chunks, parts))
         return [x[None] for x in sums]
 
-    def apply(self, rms: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Adds the learned step to the parameter, from the features' RMS ``[1, ROWS]`` and the
-        context ``[1, width]``. Returns the sum of the last hidden layer ``[1, width]``."""
+    def apply(self, firsts: torch.Tensor) -> torch.Tensor:
+        """Adds the learned step to the parameter; ``firsts [1, width + 1, ROWS]`` is its first
+        layer (``apply_all``). Returns the sum of the last hidden layer ``[1, width]``."""
         net, it, hidden = self.net, self.it, 0
-        first = net.first / (rms + 1e-30)
-        first[:net.width, 0] = net.first_bias + context[0]
         for s, e in self.chunks:
             sc = net.scratch(e - s)
             b = sc.block
             clipped_gradient_(b.g, it.grad[s:e], it.bound)
             _fill(b, it.flat[s:e], it.acc[:, s:e])
-            step, h = _network(net, sc, first, b.x)
+            step, h = _network(net, sc, b.x, [(firsts[0], 0, e - s)])
             hidden = hidden + h[1:].sum(1)
             it.add_(step, s)
         it.finish()
@@ -232,17 +229,21 @@ class Packed:
         self.items, self.net = items, net
         self.sizes = [it.n for it in items]
         self.n = sum(self.sizes)
-        self.counts = torch.tensor(self.sizes, device=items[0].flat.device)
+        device = items[0].flat.device
+        self.counts = torch.tensor(self.sizes, device=device)
         self.count = self.counts.float()
-        self.block = Block.new(self.n, items[0].flat.device)
-
-    def spread(self, values: torch.Tensor) -> torch.Tensor:
-        """Per-segment ``values [..., T]`` repeated over each segment's elements."""
-        return values.repeat_interleave(self.counts, dim=-1)
+        self.spans = [(e - n, e) for e, n in zip(itertools.accumulate(self.sizes), self.sizes)]
+        self.block = Block.new(self.n, device)
 
     def sums(self, x: torch.Tensor, dtype=None) -> torch.Tensor:
         """Per-segment row sums ``[rows, T]`` of ``x [rows, N]``."""
         return torch.stack([c.sum(1, dtype=dtype) for c in x.split(self.sizes, dim=1)], 1)
+
+    def centre(self, x: torch.Tensor, means: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``x`` less its per-segment ``means [rows, T]``, into ``out``."""
+        for i, (a, b) in enumerate(self.spans):
+            torch.sub(x[:, a:b], means[:, i:i + 1], out=out[:, a:b])
+        return out
 
     def reduce(self, summaries: bool, *, update: bool, exact: bool) -> list[torch.Tensor]:
         """As ``Chunked.reduce``, per segment: ``[T, rows]`` sums."""
@@ -250,7 +251,8 @@ class Packed:
         dtype = torch.float64 if exact else None
         if update:
             self.grad = torch.cat([it.grad for it in self.items])
-            self.bound = self.spread(torch.stack([it.bound for it in self.items]))
+            self.bound = torch.stack([it.bound for it in self.items]).repeat_interleave(
+                self.counts, output_size=self.n)
             self.acc = torch.cat([it.acc for it in self.items], dim=1)
             g = clipped_gradient_(sc.gg[0], self.grad, self.bound)
             torch.mul(g, g, out=sc.gg[1])
@@ -264,12 +266,11 @@ class Packed:
         sums = _reduce_block(b, sc.tmp, summaries, dtype, self)
         return [x.t() for x in sums]
 
-    def apply(self, rms: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """As ``Chunked.apply``, per segment: ``rms [T, ROWS]``, ``context [T, width]``."""
+    def apply(self, firsts: torch.Tensor) -> torch.Tensor:
+        """As ``Chunked.apply``, per segment: ``firsts [T, width + 1, ROWS]``."""
         net, b = self.net, self.block
-        b.features.div_(self.spread((rms[:, 1:] + 1e-30).t()))
-        step, h = _network(net, net.scratch(self.n), net.first_shared, b.x,
-                           self.spread(context.t()))
+        spans = [(f, a, e) for f, (a, e) in zip(firsts, self.spans)]
+        step, h = _network(net, net.scratch(self.n), b.x, spans)
         for it, part in zip(self.items, step.split(self.sizes)):
             it.add_(part)
             it.finish()
@@ -302,15 +303,15 @@ def reduce_all(groups: list, *, multiple: float, summaries: bool, device):
     return rms, torch.stack([stacked(1) / n, stacked(2) / n, (stacked(4) / n).sqrt()], 1).float()
 
 
-def apply_all(groups: list, rms, biases) -> torch.Tensor:
-    """Phase 2 for all tensors, with context ``biases [T, width]``. Returns the mean of the last
-    hidden layer of each tensor ``[T, width]``."""
+def apply_all(groups: list, net: Network, rms, biases) -> torch.Tensor:
+    """Phase 2 for all tensors, with context ``biases [T, width]`` (``net`` on their device).
+    Returns the mean of the last hidden layer of each tensor ``[T, width]``."""
+    firsts = net.first / (rms + 1e-30)[:, None, :]  # each channel's 1/RMS folded in
+    firsts[:, :net.width, 0] = net.first_bias + biases
     sums, start = [], 0
     for g in groups:
         stop = start + len(g.items)
-        device = g.items[0].flat.device
-        sums.append(g.apply(rms[start:stop].to(device), biases[start:stop].to(device))
-                    .to(rms.device))
+        sums.append(g.apply(firsts[start:stop].to(g.items[0].flat.device)).to(rms.device))
         start = stop
     n = torch.tensor([float(it.n) for g in groups for it in g.items], device=rms.device)
     return torch.cat(sums) / n[:, None]
@@ -375,8 +376,8 @@ class _Rows:
         return x.sum(-1, dtype=dtype)
 
     @staticmethod
-    def spread(values: torch.Tensor) -> torch.Tensor:
-        return values[..., None]
+    def centre(x: torch.Tensor, means: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return torch.sub(x, means[:, None], out=out)
 
 
 def _reduce_block(b: Block, tmp, summaries, dtype, seg):
@@ -390,7 +391,7 @@ def _reduce_block(b: Block, tmp, summaries, dtype, seg):
     sign = seg.sums(torch.sign(s, out=t))
     total = seg.sums(s, dtype)
     mean = (total / seg.count).to(s.dtype)
-    centred = _squares(torch.sub(s, seg.spread(mean), out=t), t, dtype, seg)
+    centred = _squares(seg.centre(s, mean, t), t, dtype, seg)
     # the p, m, v rows' sums of squares from their centred ones: no third pass over them
     squares = torch.cat([_squares(b.head, tmp[:P - G], dtype, seg),
                          centred + total.square() / seg.count])
@@ -406,15 +407,14 @@ def _squares(x: torch.Tensor, out: torch.Tensor, dtype, seg) -> torch.Tensor:
     return seg.sums(torch.mul(x, x, out=out))
 
 
-def _network(net: Network, sc: Scratch, first, x, context=None):
-    """Per-element network on a feature block ``[ROWS, c]``, plus per-element ``context``
-    ``[width, c]`` if given: the step ``[c]`` and the last hidden block ``[1 + width, c]``
-    (views of scratch)."""
+def _network(net: Network, sc: Scratch, x, spans):
+    """Per-element network on a feature block ``[ROWS, c]``; ``spans``: ``(first layer, start,
+    stop)`` of its columns. Returns the step ``[c]`` and the last hidden block ``[1 + width,
+    c]`` (views of scratch)."""
     width = net.width
-    torch.mm(first, x, out=sc.s[1:])
+    for first, a, b in spans:
+        torch.mm(first, x[:, a:b], out=sc.s[1:, a:b])
     h = sc.s[:width + 1]
-    if context is not None:
-        h[1:].add_(context)
     h[1:].relu_()
     for w, out in zip(net.hidden, sc.hidden):
         torch.mm(w, h, out=out[1:]).relu_()

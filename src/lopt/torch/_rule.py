@@ -62,7 +62,7 @@ class PerElementRule(Rule):
         rms, summaries = reduce_all(parts, multiple=self.learned.clip_multiple,
                                     summaries=self.summaries, device=device)
         biases, extra = self.context(works, glob, loss_f, rms, summaries)
-        means = apply_all(parts, rms, biases)
+        means = apply_all(parts, self.network(device), rms, biases)
         glob.update(stats)
         self.finish(works, means, glob, extra)
 
