@@ -96,18 +96,21 @@ def test_loaded_state_is_a_copy(weights_files):
     assert _same(ps, qs)
 
 
-def test_closure_and_direct_loss_give_the_same_step(weights_files):
+def test_closure_direct_and_set_loss_give_the_same_step(weights_files):
     path = weights_files["hierarchical"][2]
-    ps, qs = _params(), _params()
-    a, b = LearnedOptimizer(ps, path), LearnedOptimizer(qs, path)
+    ps, qs, rs = _params(), _params(), _params()
+    a, b, c = (LearnedOptimizer(x, path) for x in (ps, qs, rs))
     for t in range(3):
         returned = a.step(_closure(a, ps, t))
-        b.zero_grad()
-        loss = _loss(qs, t)
-        loss.backward()
+        for opt, xs in ((b, qs), (c, rs)):
+            opt.zero_grad()
+            loss = _loss(xs, t)
+            loss.backward()
         assert b.step(loss=loss.item()) == loss.item()
+        c.set_loss(loss)  # as for a loop that calls step() bare (Accelerate)
+        c.step()
         assert torch.equal(returned, loss)
-    assert _same(ps, qs)
+    assert _same(ps, qs) and _same(ps, rs)
 
 
 def test_valid_loss_by_method_or_keyword_lasts_one_step(weights_files):
@@ -202,7 +205,14 @@ def test_lr_multiplies_the_update(weights_files, name):
         opt = LearnedOptimizer(ps, path, lr=lr)
         opt.step(_closure(opt, ps, 0))
         steps.append([p.detach() - b for p, b in zip(ps, before)])
-    for full, half, none in zip(*steps):  # seen through parameters of size ~1: atol 2 ulp
+    ps = _params()
+    scheduled = LearnedOptimizer(ps, path)
+    torch.optim.lr_scheduler.LambdaLR(scheduled, lambda step: 0.5)  # sets every group's lr
+    before = [p.detach().clone() for p in ps]
+    scheduled.step(_closure(scheduled, ps, 0))
+    steps.append([p.detach() - b for p, b in zip(ps, before)])
+    for full, half, none, scheduled in zip(*steps):  # via parameters of size ~1: atol 2 ulp
+        torch.testing.assert_close(scheduled, half, rtol=0, atol=0)
         torch.testing.assert_close(half, 0.5 * full, rtol=1e-5, atol=2.5e-7)
         assert not none.any()
 

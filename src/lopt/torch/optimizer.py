@@ -24,8 +24,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
     default optimizer; or ``name``, a shipped one) with the same arithmetic; the architecture
     comes from the file's model card. The learned optimizers read the training loss, so give it
     to every step: ``step(closure)`` (the closure recomputes the loss and gradients, as Lightning
-    and Accelerate call it) or ``step(loss=loss)``. A validation loss now and then (every 10
-    steps, say) helps: ``step(..., valid_loss=v)`` or ``set_valid_loss(v)`` before a step.
+    and Accelerate call it), ``step(loss=loss)``, or ``set_loss(loss)`` before a bare
+    ``step()``. A validation loss now and then (every 10 steps, say) helps:
+    ``step(..., valid_loss=v)`` or ``set_valid_loss(v)`` before a step.
 
     ``lr`` (per parameter group) multiplies the learned update: 1.0, the default, is the
     optimizer as meta-trained; it lets learning-rate schedulers and per-group scaling work.
@@ -45,12 +46,17 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self._rule = RULES[arch](self.weights)
         super().__init__(params, {"lr": lr})
         self._global: dict | None = None
-        self._valid_loss = None
+        self._loss = self._valid_loss = None
 
     @property
     def architecture(self) -> str:
         """The architecture name of the weights (``"hierarchical"``, ``"mlp"``, ...)."""
         return self._rule.name
+
+    def set_loss(self, value) -> None:
+        """The training loss for the next step, for loops that call ``step()`` bare (as
+        Accelerate's ``accelerator.backward(loss); optimizer.step()`` does)."""
+        self._loss = value
 
     def set_valid_loss(self, value) -> None:
         """The validation loss for the next step only (a tensor or a number)."""
@@ -62,20 +68,23 @@ class LearnedOptimizer(torch.optim.Optimizer):
         """Updates the parameters that have gradients; returns the loss.
 
         ``closure`` re-evaluates the model and returns the loss (called with gradients on);
-        or give the ``loss`` of the current gradients directly. ``valid_loss`` overrides one set
-        by ``set_valid_loss``.
+        or give the ``loss`` of the current gradients directly (else the one ``set_loss`` set).
+        ``valid_loss`` overrides one set by ``set_valid_loss``.
         """
         if closure is not None:
             if loss is not None:
                 raise ValueError("give the loss through the closure or as loss=, not both")
             with torch.enable_grad():
                 loss = closure()
+        if loss is None:
+            loss = self._loss
         valid = self._valid_loss if valid_loss is None else valid_loss
-        self._valid_loss = None
+        self._loss = self._valid_loss = None
         if loss is None and self._rule.needs_loss:
             raise ValueError(
                 f"the {self.architecture!r} learned optimizer needs the training loss: call "
-                "step(closure) with a closure that returns it, or step(loss=loss)")
+                "step(closure) with a closure that returns it, step(loss=loss), or "
+                "set_loss(loss) before step()")
         items = []
         for group in self.param_groups:
             for p in group["params"]:
