@@ -1,9 +1,10 @@
 """The hierarchical learned optimizer (``lopt.optimizers.Hierarchical``) in PyTorch: a per-tensor
 LSTM, batched over tensors, gives each tensor's per-element network its context.
 
-All tensors of all parameter groups are the tensors of one model: the LSTM runs over them as a
-batch (in parameter order across groups) and its pooled output is their mean. A tensor without
-a gradient at a step sits that step out (its LSTM state waits), as in ``torch.optim``.
+All tensors of all parameter groups are the tensors of one model, as the JAX optimizer sees
+one pytree: the LSTM runs over them as one batch and its pooled output, which every tensor reads
+at the next step, is their mean (so their order does not matter). A tensor without a gradient
+at a step sits that step out, its LSTM state waiting, as ``torch.optim`` skips it.
 """
 
 from __future__ import annotations

@@ -93,6 +93,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 if p.grad.is_sparse:
                     raise RuntimeError("lopt.torch.LearnedOptimizer does not support sparse "
                                        "gradients")
+                if p.is_complex():
+                    raise TypeError("lopt.torch.LearnedOptimizer does not support complex "
+                                    "parameters; optimise torch.view_as_real(p) instead")
                 items.append((p, group["lr"]))
         if not items:
             return loss
