@@ -26,7 +26,7 @@ from lopt.optimizers.features import CLIP_DECAY, DECAYS, EPS
 from lopt.torch._features import clipped_gradient_
 
 #: Elements per chunk on the CPU (a feature block is then 3 MiB, in cache). On GPUs, where each
-#: operation is a kernel launch, chunks are larger: about 0.4 GiB of scratch in all.
+#: operation is a kernel launch, chunks are larger: about 0.5 GiB of scratch in all.
 CHUNK = 32768
 DEVICE_CHUNK = 1 << 20
 K = len(DECAYS)
