@@ -121,8 +121,8 @@ def per_element_rate(num_elements=1_000_000, repeats=5):
     arch = Hierarchical()
     theta = arch.init(jax.random.key(0))
     chunk = per_element.CHUNK
-    x = jax.random.normal(jax.random.key(1), (num_elements // chunk, chunk,
-                                               F.NUM_ELEMENT_FEATURES))
+    x = jax.random.normal(jax.random.key(1), (num_elements // chunk, F.NUM_ELEMENT_FEATURES,
+                                               chunk))
     bias = jnp.zeros((arch.ffn_hidden[0],))
     network = jax.jit(lambda th, x: jax.lax.map(
         lambda b: per_element_mlp(th["ffn"], b, bias)[0], x))

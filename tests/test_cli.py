@@ -63,3 +63,26 @@ def test_baselines_end_to_end(tmp_path, capsys):
     assert set(report["tasks"][0]["normalised_mean_loss"]) >= {"adam_tuned", "sgdm_tuned",
                                                                 "nadamw_list", "adam_global"}
     assert (out / "baselines.png").stat().st_size > 1000
+
+
+def test_meta_train_flags_reach_the_config(tmp_path, monkeypatch, capsys):
+    import types
+
+    from lopt.meta import trainer
+
+    seen = {}
+
+    def fake_meta_train(config, run_dir, *, progress):
+        seen["config"] = config
+        return types.SimpleNamespace(version=0)
+
+    monkeypatch.setattr(trainer, "meta_train", fake_meta_train)
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")
+    assert cli.main(["meta-train", "--family", "mlp", "--rotate-every", "30",
+                     "--warmup-steps", "5", "--init-weights", str(weights), "--outer-lr", "0.01",
+                     "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    config = seen["config"]
+    assert (config.rotate_every, config.warmup_steps, config.init_weights, config.outer_lr) == (
+        30, 5, str(weights), 0.01)
+    assert config.families == ["mlp"]

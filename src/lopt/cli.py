@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("truncation", _positive_int), ("horizon", _positive_int),
                        ("outer-steps", _positive_int), ("outer-lr", float),
                        ("pairs", _positive_int), ("num-pools", _positive_int), ("rotate-every", int),
-                       ("seed", int), ("normalise", str), ("store", str)):
+                       ("seed", int), ("normalise", str), ("store", str),
+                       ("warmup-steps", int), ("init-weights", str)):
         p.add_argument(f"--{name}", type=kind)
     p.add_argument("--family", action="append", help="meta-train family (repeatable)")
     p.add_argument("--fill-baselines", action="store_true",
@@ -124,7 +125,8 @@ def _meta_train(args) -> int:
     else:
         overrides = {k: getattr(args, k.replace("-", "_")) for k in (
             "optimizer", "estimator", "sigma", "truncation", "horizon", "outer_steps",
-            "outer_lr", "pairs", "num_pools", "seed", "normalise", "store")}
+            "outer_lr", "pairs", "num_pools", "rotate_every", "seed", "normalise", "store",
+            "warmup_steps", "init_weights")}
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if args.family:
             overrides["families"] = args.family

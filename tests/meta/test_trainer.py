@@ -127,3 +127,22 @@ def test_config_file_and_unknown_fields(tmp_path):
     path.write_text("sigmaa = 1\n")
     with pytest.raises(ValueError, match="unknown config field"):
         MetaTrainConfig.from_file(path)
+
+
+def test_init_weights_starts_from_a_file_and_checks_sizes(tmp_path):
+    from lopt.weights import save
+
+    learned = LearnedAdam(learning_rate=1e-4)
+    theta = jax.tree_util.tree_map(lambda a: a + 0.25, learned.init(jax.random.key(3)))
+    save(tmp_path / "w.safetensors", theta, learned)
+    trainer = MetaTrainer(_config(init_weights=str(tmp_path / "w.safetensors")),
+                          tmp_path / "run", progress=False)
+    for got, want in zip(jax.tree_util.tree_leaves(trainer.learner.theta),
+                         jax.tree_util.tree_leaves(theta)):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="does not exist"):
+        _config(init_weights=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(Exception, match="hierarchical|architecture"):
+        MetaTrainer(_config(optimizer="hierarchical", optimizer_config={},
+                            init_weights=str(tmp_path / "w.safetensors")),
+                    tmp_path / "run2", progress=False)

@@ -20,6 +20,9 @@ NORMALISERS = ("baselines", "initial")
 class MetaTrainConfig:
     optimizer: str = "hierarchical"  # architecture to meta-train
     optimizer_config: dict = dataclasses.field(default_factory=dict)  # its config fields
+    # Start from this weights file's theta instead of a random one (same architecture; its
+    # config may differ in scalars such as step_mult). The outer optimizer starts fresh.
+    init_weights: str | None = None
     families: list = dataclasses.field(default_factory=lambda: ["mlp"])
     num_pools: int = 2  # shape buckets unrolled each outer step
     pairs: int = 8  # antithetic pairs per pool (2 x pairs particles)
@@ -96,6 +99,9 @@ class MetaTrainConfig:
             need(f in family_names(), f"family {f!r} is unknown; allowed: {', '.join(family_names())}")
             need(f not in OOD_FAMILIES,
                  f"family {f!r} is out-of-distribution: meta-training never sees it")
+        if self.init_weights is not None:
+            need(Path(self.init_weights).is_file(),
+                 f"init_weights file {self.init_weights} does not exist")
         need(self.sigma > 0, f"sigma must be positive, got {self.sigma}")
         for name in ("num_pools", "pairs", "max_tasks_per_pool", "truncation", "horizon",
                      "min_length", "outer_steps", "checkpoint_every", "eval_every",

@@ -44,6 +44,21 @@ def make_learned(name: str, config: dict | None = None):
         raise ValueError(f"optimizer_config does not fit {name!r}: {e}") from e
 
 
+def initial_theta(learned, config: MetaTrainConfig):
+    """A random theta from ``config.seed``, or the theta of ``config.init_weights``."""
+    if config.init_weights is None:
+        return learned.init(jax.random.key(config.seed))
+    from lopt.weights import load
+
+    theta, _, _ = load(config.init_weights, architecture=learned.name)
+    want = jax.eval_shape(lambda: learned.init(jax.random.key(0)))
+    shapes = lambda tree: jax.tree_util.tree_map(lambda a: tuple(a.shape), tree)  # noqa: E731
+    if shapes(theta) != shapes(want):
+        raise ValueError(f"init_weights {config.init_weights} does not fit optimizer_config "
+                         f"{config.optimizer_config}: its sizes differ")
+    return theta
+
+
 def family_buckets(config: MetaTrainConfig, group: str = "meta_train"
                    ) -> dict[str, list[list[Task]]]:
     """Per configured family, its shape buckets in ``group`` (largest first, ties by task id),
@@ -140,7 +155,7 @@ class MetaTrainer:
         pools = [self._pool(slot_tasks(config, self.buckets, i, 0)) for i in range(config.num_pools)]
         self.worker = Worker(self.learned, pools, self.unroll_config(0), seed=config.seed,
                              families=[p.task_ids[0].split("/")[0] for p, _ in pools])
-        theta = self.learned.init(jax.random.key(config.seed))
+        theta = initial_theta(self.learned, config)
         self.learner = Learner(theta, learning_rate=config.outer_lr, clip=config.outer_clip)
         self.worker.init(theta)
         self.step = 0

@@ -20,13 +20,22 @@ def init_mlp(key, sizes, *, final_scale: float = 1.0) -> list[dict]:
 
 
 def per_element_mlp(layers, x, first_bias):
-    """ReLU MLP over rows of ``x`` ``[n, c]``; ``first_bias`` ``[hidden]`` is added to the first
-    layer (how per-tensor context reaches every element). Returns ``(outputs, last_hidden)``."""
-    h = x @ layers[0]["w"] + (layers[0]["b"] + first_bias)
-    h = jax.nn.relu(h)
+    """ReLU MLP over the columns of ``x`` ``[c, n]`` (one element per column); ``first_bias``
+    (``[hidden]`` or ``[hidden, n]``) is added to the first layer (how per-tensor context
+    reaches every element). Returns ``(outputs [out, n], last_hidden [hidden, n])``.
+
+    Elements are columns so each layer is a short-and-wide product ``w.T @ x``, which XLA:CPU
+    runs at several times the FLOP/s of the tall-and-skinny ``x @ w``.
+    """
+    def dense(layer, h):
+        return layer["w"].T @ h + layer["b"][:, None]
+
+    if first_bias.ndim == 1:
+        first_bias = first_bias[:, None]
+    h = jax.nn.relu(dense(layers[0], x) + first_bias)
     for layer in layers[1:-1]:
-        h = jax.nn.relu(h @ layer["w"] + layer["b"])
-    return h @ layers[-1]["w"] + layers[-1]["b"], h
+        h = jax.nn.relu(dense(layer, h))
+    return dense(layers[-1], h), h
 
 
 def lstm_step(params, x, h, c):

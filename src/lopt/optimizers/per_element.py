@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from lopt.optimizers.features import DECAYS, EPS, rms
 from lopt.optimizers.nets import per_element_mlp
 
-#: Elements per chunk: a [CHUNK, 32] float32 activation is 1 MiB.
+#: Elements per chunk: a [32, CHUNK] float32 activation is 1 MiB.
 CHUNK = 8192
 #: Raw rows per element: gradient, parameter, momenta, second moments.
 NUM_RAW = 2 + 2 * len(DECAYS)
@@ -45,14 +45,16 @@ def channel_scales(raw) -> jax.Array:
 
 
 def features(raw, scales) -> jax.Array:
-    """Normalised per-element inputs ``[k, 23]`` of raw rows ``[NUM_RAW, k]``."""
-    return (_channels(raw) / scales[:, None]).T
+    """Normalised per-element inputs ``[23, k]`` (one element per column) of raw rows
+    ``[NUM_RAW, k]``."""
+    return _channels(raw) / scales[:, None]
 
 
 def _apply(layers, skip, x, bias, exp_mult, step_mult):
+    """Steps ``[k]`` and last hidden layer ``[hidden, k]`` of features ``x`` ``[23, k]``."""
     out, hidden = per_element_mlp(layers, x, bias)
-    d = out[:, 0] + x @ skip
-    return d * jnp.exp(exp_mult * out[:, 1]) * step_mult, hidden
+    d = out[0] + skip @ x
+    return d * jnp.exp(exp_mult * out[1]) * step_mult, hidden
 
 
 def per_element_outputs(layers, skip, raws, biases, *, exp_mult: float, step_mult: float):
@@ -69,15 +71,15 @@ def per_element_outputs(layers, skip, raws, biases, *, exp_mult: float, step_mul
             steps[i], means[i] = _chunked(layers, skip, raw, biases[i], exp_mult, step_mult)
     if small:
         xs = [features(raws[i], channel_scales(raws[i])) for i in small]
-        sizes = [x.shape[0] for x in xs]
-        x = jnp.concatenate(xs) if len(xs) > 1 else xs[0]
-        rows = jnp.concatenate([jnp.broadcast_to(biases[i], (n, biases.shape[1]))
-                                for i, n in zip(small, sizes)])
-        step, hidden = _apply(layers, skip, x, rows, exp_mult, step_mult)
+        sizes = [x.shape[1] for x in xs]
+        x = jnp.concatenate(xs, axis=1) if len(xs) > 1 else xs[0]
+        cols = jnp.concatenate([jnp.broadcast_to(biases[i][:, None], (biases.shape[1], n))
+                                for i, n in zip(small, sizes)], axis=1)
+        step, hidden = _apply(layers, skip, x, cols, exp_mult, step_mult)
         start = 0
         for i, n in zip(small, sizes):
             steps[i] = step[start:start + n]
-            means[i] = jnp.mean(hidden[start:start + n], axis=0)
+            means[i] = jnp.mean(hidden[:, start:start + n], axis=1)
             start += n
     return steps, jnp.stack(means)
 
@@ -91,7 +93,7 @@ def _chunked(layers, skip, raw, bias, exp_mult, step_mult):
 
     def body(block):
         step, hidden = _apply(layers, skip, features(block, scales), bias, exp_mult, step_mult)
-        return step, jnp.sum(hidden, axis=0)
+        return step, jnp.sum(hidden, axis=1)
 
     step, sums = jax.lax.map(body, blocks)
     step, total = step.reshape(-1), jnp.sum(sums, axis=0)
@@ -99,5 +101,5 @@ def _chunked(layers, skip, raw, bias, exp_mult, step_mult):
         tail, hidden = _apply(layers, skip, features(raw[:, full:], scales), bias, exp_mult,
                               step_mult)
         step = jnp.concatenate([step, tail])
-        total = total + jnp.sum(hidden, axis=0)
+        total = total + jnp.sum(hidden, axis=1)
     return step, total / n
