@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -47,10 +48,24 @@ def provenance(run: Path, outer_steps: int) -> dict:
         "outer_steps": outer_steps,
         "inner_steps": int(sum(r.get("inner_steps", 0) for r in rows)),
         "wall_time_s": round(last.get("wall_time", 0.0)),
-        "machine": f"{platform.machine()} {platform.processor() or ''} "
-                   "(2 CPU cores, one used by meta-training)".replace("  ", " "),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, one core per run",
         "commit": commit,
+        **_parent(config.get("init_weights")),
     }
+
+
+def _parent(init_weights: str | None) -> dict:
+    """Provenance of the weights a warm-started run began from (their cost counts too)."""
+    if not init_weights:
+        return {}
+    _, _, card = load(init_weights)
+    outer_steps = int(card.get("provenance", {}).get("outer_steps", 0))
+    run = next((d for d in Path(init_weights).parents if (d / "metrics.jsonl").exists()), None)
+    if run is None:
+        return {"started_from": {"weights": init_weights, "outer_steps": outer_steps}}
+    parent = provenance(run, outer_steps)
+    parent.pop("commit"), parent.pop("machine")
+    return {"started_from": {"weights": init_weights, **parent}}
 
 
 def main() -> None:

@@ -2,10 +2,6 @@
 
 __version__ = "0.1.0"
 
-from lopt import _xla
-
-_xla.configure()
-
 from lopt import optimizers, tasks
 from lopt.pretrained import optimizer
 from lopt.optimizers import Hierarchical, LearnedAdam, LearnedOptimizer, PerParameterMLP
