@@ -125,7 +125,7 @@ def per_element_rate(num_elements=1_000_000, repeats=5):
                                                chunk))
     bias = jnp.zeros((arch.ffn_hidden[0],))
     network = jax.jit(lambda th, x: jax.lax.map(
-        lambda b: per_element_mlp(th["ffn"], b, bias)[0], x))
+        lambda b: per_element_mlp(th["ffn"], b, bias, columns=True)[0], x))
     raw = jax.random.normal(jax.random.key(2), (per_element.NUM_RAW, num_elements))
     raw = raw.at[7:].set(jnp.abs(raw[7:]))  # second moments are positive
     pipeline = jax.jit(lambda th, r: per_element.per_element_outputs(

@@ -19,19 +19,25 @@ def init_mlp(key, sizes, *, final_scale: float = 1.0) -> list[dict]:
             for i, (k, a, b) in enumerate(zip(keys, sizes[:-1], sizes[1:]))]
 
 
-def per_element_mlp(layers, x, first_bias):
-    """ReLU MLP over the columns of ``x`` ``[c, n]`` (one element per column); ``first_bias``
-    (``[hidden]`` or ``[hidden, n]``) is added to the first layer (how per-tensor context
-    reaches every element). Returns ``(outputs [out, n], last_hidden [hidden, n])``.
+def per_element_mlp(layers, x, first_bias, *, columns: bool = False):
+    """ReLU MLP over the elements of ``x``: rows of ``[n, c]``, or with ``columns`` the columns
+    of ``[c, n]``. ``first_bias`` (``[hidden]``, or one per element laid out like ``x``) is added
+    to the first layer (how per-tensor context reaches every element). Returns ``(outputs,
+    last_hidden)`` in the same layout.
 
-    Elements are columns so each layer is a short-and-wide product ``w.T @ x``, which XLA:CPU
-    runs at several times the FLOP/s of the tall-and-skinny ``x @ w``.
+    Columns make each layer a short, wide product ``w.T @ x``, which XLA:CPU runs at about
+    twice the FLOP/s of the tall, skinny ``x @ w`` on one large tensor; rows are faster when
+    the products are small and batched over particles (meta-training).
     """
-    def dense(layer, h):
-        return layer["w"].T @ h + layer["b"][:, None]
+    if columns:
+        def dense(layer, h):
+            return layer["w"].T @ h + layer["b"][:, None]
 
-    if first_bias.ndim == 1:
-        first_bias = first_bias[:, None]
+        first_bias = first_bias[:, None] if first_bias.ndim == 1 else first_bias
+    else:
+        def dense(layer, h):
+            return h @ layer["w"] + layer["b"]
+
     h = jax.nn.relu(dense(layers[0], x) + first_bias)
     for layer in layers[1:-1]:
         h = jax.nn.relu(dense(layer, h))

@@ -4,8 +4,10 @@ computed in cache-sized chunks.
 Each feature channel is divided by its RMS over the whole tensor, so the scales are reduced
 first (one pass over gradient, parameter and accumulators). Then the elements are processed
 ``CHUNK`` at a time: features, three matrix products and the step for a chunk stay in cache,
-instead of streaming a dozen ``[elements, 32]`` intermediates through memory. Small tensors
-are concatenated and handled in one piece.
+instead of streaming a dozen ``[32, elements]`` intermediates through memory; elements are
+columns there (short, wide products). Small tensors are concatenated and handled in one piece
+with elements as rows, the faster layout for the small products batched over particles in
+meta-training (``benchmarks/results/meta.md``).
 """
 
 from __future__ import annotations
@@ -50,11 +52,12 @@ def features(raw, scales) -> jax.Array:
     return _channels(raw) / scales[:, None]
 
 
-def _apply(layers, skip, x, bias, exp_mult, step_mult):
-    """Steps ``[k]`` and last hidden layer ``[hidden, k]`` of features ``x`` ``[23, k]``."""
-    out, hidden = per_element_mlp(layers, x, bias)
-    d = out[0] + skip @ x
-    return d * jnp.exp(exp_mult * out[1]) * step_mult, hidden
+def _apply(layers, skip, x, bias, exp_mult, step_mult, *, columns):
+    """Steps ``[k]`` and the last hidden layer of features ``x`` (``[23, k]`` with
+    ``columns``, else ``[k, 23]``)."""
+    out, hidden = per_element_mlp(layers, x, bias, columns=columns)
+    d, a = (out[0] + skip @ x, out[1]) if columns else (out[:, 0] + x @ skip, out[:, 1])
+    return d * jnp.exp(exp_mult * a) * step_mult, hidden
 
 
 def per_element_outputs(layers, skip, raws, biases, *, exp_mult: float, step_mult: float):
@@ -70,16 +73,17 @@ def per_element_outputs(layers, skip, raws, biases, *, exp_mult: float, step_mul
         if i not in small:
             steps[i], means[i] = _chunked(layers, skip, raw, biases[i], exp_mult, step_mult)
     if small:
-        xs = [features(raws[i], channel_scales(raws[i])) for i in small]
-        sizes = [x.shape[1] for x in xs]
-        x = jnp.concatenate(xs, axis=1) if len(xs) > 1 else xs[0]
-        cols = jnp.concatenate([jnp.broadcast_to(biases[i][:, None], (biases.shape[1], n))
-                                for i, n in zip(small, sizes)], axis=1)
-        step, hidden = _apply(layers, skip, x, cols, exp_mult, step_mult)
+        # Small tensors (all of them in meta-training) share one row-layout pass.
+        xs = [features(raws[i], channel_scales(raws[i])).T for i in small]
+        sizes = [x.shape[0] for x in xs]
+        x = jnp.concatenate(xs) if len(xs) > 1 else xs[0]
+        rows = jnp.concatenate([jnp.broadcast_to(biases[i], (n, biases.shape[1]))
+                                for i, n in zip(small, sizes)])
+        step, hidden = _apply(layers, skip, x, rows, exp_mult, step_mult, columns=False)
         start = 0
         for i, n in zip(small, sizes):
             steps[i] = step[start:start + n]
-            means[i] = jnp.mean(hidden[:, start:start + n], axis=1)
+            means[i] = jnp.mean(hidden[start:start + n], axis=0)
             start += n
     return steps, jnp.stack(means)
 
@@ -92,14 +96,15 @@ def _chunked(layers, skip, raw, bias, exp_mult, step_mult):
     blocks = raw[:, :full].reshape(NUM_RAW, n // CHUNK, CHUNK).transpose(1, 0, 2)
 
     def body(block):
-        step, hidden = _apply(layers, skip, features(block, scales), bias, exp_mult, step_mult)
+        step, hidden = _apply(layers, skip, features(block, scales), bias, exp_mult, step_mult,
+                              columns=True)
         return step, jnp.sum(hidden, axis=1)
 
     step, sums = jax.lax.map(body, blocks)
     step, total = step.reshape(-1), jnp.sum(sums, axis=0)
     if full < n:
         tail, hidden = _apply(layers, skip, features(raw[:, full:], scales), bias, exp_mult,
-                              step_mult)
+                              step_mult, columns=True)
         step = jnp.concatenate([step, tail])
         total = total + jnp.sum(hidden, axis=1)
     return step, total / n
