@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from lopt.tasks import data
 from lopt.tasks.base import TaskFamily, TaskParts, TaskSpec, choice
 from lopt.tasks.families.common import (
-    ACTIVATIONS, INITIALIZERS, apply_dense_stack, init_dense_stack, init_hparams)
+    ACTIVATIONS, INITIALIZERS, apply_dense_stack, init_dense_stack, init_hparams, zeroed)
 
 DATASETS = ("digits", "mnist1d")
 HIDDEN = ((64,), (128,), (128, 64))
@@ -38,7 +38,7 @@ class AutoencoderSpec(TaskSpec):
         however large the sampled initialiser scale (up to six layers compound it)."""
         k_enc, k_dec = jax.random.split(key)
         decoder = init_dense_stack(k_dec, (self.bottleneck, *self.hidden[::-1], self.in_dim), hp)
-        decoder[-1]["w"] = jnp.zeros_like(decoder[-1]["w"])
+        decoder[-1]["w"] = zeroed(decoder[-1]["w"])
         return {
             "encoder": init_dense_stack(k_enc, (self.in_dim, *self.hidden, self.bottleneck), hp),
             "decoder": decoder,

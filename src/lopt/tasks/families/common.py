@@ -46,6 +46,13 @@ def init_dense_stack(key, sizes, hp):
     ]
 
 
+def zeroed(w):
+    """``w`` times zero: a zero-initialised layer that XLA cannot see as a constant. XLA:CPU
+    (jax 0.10) miscompiles a product with a constant zero matrix followed by a reduction (the
+    loss comes out inf or garbage when init and loss are one program, as in meta-training)."""
+    return w * 0.0
+
+
 def apply_dense_stack(layers, x, activation, *, final_activation=False):
     act = ACTIVATIONS[activation]
     for i, layer in enumerate(layers):
