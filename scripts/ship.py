@@ -63,8 +63,8 @@ def _parent(init_weights: str | None) -> dict:
     run = next((d for d in Path(init_weights).parents if (d / "metrics.jsonl").exists()), None)
     if run is None:
         return {"started_from": {"weights": init_weights, "outer_steps": outer_steps}}
-    parent = provenance(run, outer_steps)
-    parent.pop("commit"), parent.pop("machine")
+    parent = {k: v for k, v in provenance(run, outer_steps).items()
+              if k not in ("commit", "machine")}
     return {"started_from": {"weights": init_weights, **parent}}
 
 

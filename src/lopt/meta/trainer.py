@@ -52,8 +52,7 @@ def initial_theta(learned, config: MetaTrainConfig):
 
     theta, _, _ = load(config.init_weights, architecture=learned.name)
     want = jax.eval_shape(lambda: learned.init(jax.random.key(0)))
-    shapes = lambda tree: jax.tree_util.tree_map(lambda a: tuple(a.shape), tree)  # noqa: E731
-    if shapes(theta) != shapes(want):
+    if jax.tree_util.tree_map(jnp.shape, theta) != jax.tree_util.tree_map(jnp.shape, want):
         raise ValueError(f"init_weights {config.init_weights} does not fit optimizer_config "
                          f"{config.optimizer_config}: its sizes differ")
     return theta
