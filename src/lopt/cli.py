@@ -22,6 +22,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+#: MetaTrainConfig fields that ``lopt meta-train`` takes as flags (``--outer-lr`` etc.).
+META_TRAIN_FLAGS = {
+    "optimizer": str, "estimator": str, "sigma": float, "truncation": _positive_int,
+    "horizon": _positive_int, "outer_steps": _positive_int, "outer_lr": float,
+    "pairs": _positive_int, "num_pools": _positive_int, "rotate_every": int, "seed": int,
+    "normalise": str, "store": str, "warmup_steps": int, "init_weights": str,
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lopt", description=__doc__)
     sub = parser.add_subparsers(dest="command")
@@ -50,13 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR")
     p.add_argument("--out", type=Path, default=Path("lopt_runs/run"), help="run folder")
     p.add_argument("--no-progress", action="store_true")
-    for name, kind in (("optimizer", str), ("estimator", str), ("sigma", float),
-                       ("truncation", _positive_int), ("horizon", _positive_int),
-                       ("outer-steps", _positive_int), ("outer-lr", float),
-                       ("pairs", _positive_int), ("num-pools", _positive_int), ("rotate-every", int),
-                       ("seed", int), ("normalise", str), ("store", str),
-                       ("warmup-steps", int), ("init-weights", str)):
-        p.add_argument(f"--{name}", type=kind)
+    for field, kind in META_TRAIN_FLAGS.items():
+        p.add_argument(f"--{field.replace('_', '-')}", type=kind)
     p.add_argument("--family", action="append", help="meta-train family (repeatable)")
     p.add_argument("--fill-baselines", action="store_true",
                    help="run missing tuned-Adam baselines of the meta-train tasks first")
@@ -123,11 +127,8 @@ def _meta_train(args) -> int:
         learner = resume(args.resume, outer_steps=args.outer_steps, progress=progress)
         out = args.resume
     else:
-        overrides = {k: getattr(args, k.replace("-", "_")) for k in (
-            "optimizer", "estimator", "sigma", "truncation", "horizon", "outer_steps",
-            "outer_lr", "pairs", "num_pools", "rotate_every", "seed", "normalise", "store",
-            "warmup_steps", "init_weights")}
-        overrides = {k: v for k, v in overrides.items() if v is not None}
+        overrides = {k: getattr(args, k) for k in META_TRAIN_FLAGS
+                     if getattr(args, k) is not None}
         if args.family:
             overrides["families"] = args.family
         if args.fill_baselines:

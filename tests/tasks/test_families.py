@@ -52,7 +52,7 @@ def test_adam_lowers_training_loss(name):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_init_and_loss_in_one_program_match_separate_ones(name):
     # Meta-training initialises and trains inside one compiled program; XLA:CPU once turned a
-    # zero-initialised output layer into an infinite loss there (families.common.zeroed).
+    # zero-initialised output layer into an infinite loss there (see init_dense_stack).
     for seed in range(3):
         task = _sampled(name, seed)
         batch = task.eval_batch("train", 256)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from lopt.tasks import data
 from lopt.tasks.base import TaskFamily, TaskParts, TaskSpec, choice
 from lopt.tasks.families.common import (
-    ACTIVATIONS, INITIALIZERS, apply_dense_stack, init_dense_stack, init_hparams, zeroed)
+    ACTIVATIONS, INITIALIZERS, apply_dense_stack, init_dense_stack, init_hparams)
 
 DATASETS = ("digits", "mnist1d")
 HIDDEN = ((64,), (128,), (128, 64))
@@ -37,8 +37,8 @@ class AutoencoderSpec(TaskSpec):
         reconstruction is the bias (0), so the initial loss is about 1 on standardised inputs
         however large the sampled initialiser scale (up to six layers compound it)."""
         k_enc, k_dec = jax.random.split(key)
-        decoder = init_dense_stack(k_dec, (self.bottleneck, *self.hidden[::-1], self.in_dim), hp)
-        decoder[-1]["w"] = zeroed(decoder[-1]["w"])
+        decoder = init_dense_stack(k_dec, (self.bottleneck, *self.hidden[::-1], self.in_dim), hp,
+                                   zero_output=True)
         return {
             "encoder": init_dense_stack(k_enc, (self.in_dim, *self.hidden, self.bottleneck), hp),
             "decoder": decoder,

@@ -37,20 +37,21 @@ def init_kernel(key, shape, kind, scale):
     return w * scale
 
 
-def init_dense_stack(key, sizes, hp):
-    """Weights and zero biases for a stack of dense layers ``sizes[0] -> ... -> sizes[-1]``."""
+def init_dense_stack(key, sizes, hp, *, zero_output: bool = False):
+    """Weights and zero biases for a stack of dense layers ``sizes[0] -> ... -> sizes[-1]``;
+    with ``zero_output`` the last layer's weights start at zero too.
+
+    The zero is computed as ``w * 0``: XLA:CPU (jax 0.10) miscompiles a product with a constant
+    zero matrix followed by a reduction (the loss came out inf when init and loss were one
+    program, as in meta-training)."""
     keys = jax.random.split(key, len(sizes) - 1)
-    return [
+    layers = [
         {"w": init_kernel(k, (a, b), hp["init_kind"], hp["init_scale"]), "b": jnp.zeros((b,))}
         for k, a, b in zip(keys, sizes[:-1], sizes[1:])
     ]
-
-
-def zeroed(w):
-    """``w`` times zero: a zero-initialised layer that XLA cannot see as a constant. XLA:CPU
-    (jax 0.10) miscompiles a product with a constant zero matrix followed by a reduction (the
-    loss comes out inf or garbage when init and loss are one program, as in meta-training)."""
-    return w * 0.0
+    if zero_output:
+        layers[-1]["w"] = layers[-1]["w"] * 0.0
+    return layers
 
 
 def apply_dense_stack(layers, x, activation, *, final_activation=False):

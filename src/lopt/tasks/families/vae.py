@@ -17,7 +17,7 @@ import optax
 from lopt.tasks import data
 from lopt.tasks.base import TaskFamily, TaskParts, TaskSpec, choice
 from lopt.tasks.families.common import (
-    ACTIVATIONS, INITIALIZERS, apply_dense_stack, init_dense_stack, init_hparams, zeroed)
+    ACTIVATIONS, INITIALIZERS, apply_dense_stack, init_dense_stack, init_hparams)
 
 LATENT = (2, 8, 16)
 HIDDEN = ((64,), (128,), (128, 64))
@@ -55,8 +55,8 @@ class VAESpec(TaskSpec):
         starts at probability 1/2, so the initial loss is ``in_dim * log 2`` plus the KL term
         however large the sampled initialiser scale (up to six layers compound it)."""
         k_enc, k_dec = jax.random.split(key)
-        decoder = init_dense_stack(k_dec, (self.latent, *self.hidden[::-1], self.in_dim), hp)
-        decoder[-1]["w"] = zeroed(decoder[-1]["w"])
+        decoder = init_dense_stack(k_dec, (self.latent, *self.hidden[::-1], self.in_dim), hp,
+                                   zero_output=True)
         return {
             "encoder": init_dense_stack(k_enc, (self.in_dim, *self.hidden, 2 * self.latent), hp),
             "decoder": decoder,
