@@ -2,8 +2,10 @@
 
 Setting of the issue: 16 tasks of an 8x8-input (digits) MLP with 32 hidden units, batch 128,
 truncations of 50 steps, PES. The engine vmaps all particles of the pool and runs each
-truncation as one compiled scan; the naive loop runs one task at a time with a jitted inner
-step called from Python. Compile time is measured separately (first call minus a warm call).
+truncation as one compiled scan, and runs its pools concurrently, one thread per core (the
+particles are split over one pool per core); the naive loop runs one task at a time with a
+jitted inner step called from Python. Compile time is measured separately (first call minus a
+warm call).
 
 Run: python benchmarks/bench_meta.py  (writes benchmarks/results/meta.{json,md})
 """
@@ -37,24 +39,37 @@ def digits_tasks(n):
                       "init_scale": round(0.5 + 0.1 * i, 2)}) for i in range(n)]
 
 
-def engine_rate(learned, tasks, pairs, truncation, repeats):
+def engine(learned, tasks, pairs, pools, threads):
+    """A worker whose ``pairs`` antithetic pairs are split over ``pools`` pools of all tasks
+    (pools run concurrently on ``threads`` threads), and its compile time."""
     norms = {t.id: (2.5, 0.0) for t in tasks}
-    pools = build_pools(tasks, norms, pairs)
-    worker = Worker(learned, pools, UnrollConfig(estimator="pes", truncation=truncation,
-                                                 horizon=2000, min_length=100))
+    worker = Worker(learned, build_pools(tasks, norms, pairs // pools) * pools,
+                    UnrollConfig(estimator="pes", truncation=50, horizon=2000, min_length=100),
+                    threads=threads)
     theta = learned.init(jax.random.key(0))
     t0 = time.perf_counter()
-    est = worker.estimate(theta, 0)
+    worker.estimate(theta, 0)
     first = time.perf_counter() - t0
-    times = []
+    warm = worker.estimate(theta, 0).metrics["worker_seconds"]
+    return worker, theta, max(0.0, first - warm)
+
+
+def engine_rates(learned, tasks, settings, repeats):
+    """Inner steps per second of each ``(pairs, pools, threads)`` setting: medians of
+    interleaved repeats, so that a noisy neighbour slows every setting alike."""
+    built = [engine(learned, tasks, *s) for s in settings]
+    times = [[] for _ in settings]
     for _ in range(repeats):
-        est = worker.estimate(theta, 0)
-        times.append(est.metrics["worker_seconds"])
-    warm = statistics.median(times)
-    inner = est.metrics["inner_steps"]
-    return {"particles": 2 * pairs, "inner_steps_per_outer": inner,
-            "inner_steps_per_s": inner / warm, "outer_step_s": warm,
-            "compile_s": max(0.0, first - warm)}
+        for (worker, theta, _), ts in zip(built, times):
+            ts.append(worker.estimate(theta, 0).metrics["worker_seconds"])
+    rows = []
+    for (pairs, pools, threads), (worker, _, compile_s), ts in zip(settings, built, times):
+        inner = sum(2 * p * 50 for _, p in worker.pools)
+        warm = statistics.median(ts)
+        rows.append({"particles": 2 * pairs, "pools": pools, "threads": threads,
+                     "inner_steps_per_outer": inner, "inner_steps_per_s": inner / warm,
+                     "outer_step_s": warm, "compile_s": compile_s})
+    return rows
 
 
 def naive_rate(learned, task, truncation, runs=4):
@@ -93,11 +108,14 @@ def main():
     results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                            "jax": jax.__version__},
                "setting": "digits MLP 64-32-10, batch 128, truncation 50, PES", "rows": []}
+    cores = len(os.sched_getaffinity(0))
+    # One pool on one thread; then the particles split over one pool per core (how the
+    # engine uses several cores: each pool's program keeps about one core busy).
+    settings = [(8, 1, 1), (8, cores, cores), (16, cores, cores)]
     for name, learned in (("hierarchical", Hierarchical()), ("mlp", PerParameterMLP())):
         naive = naive_rate(learned, tasks[0], 50)
-        for pairs in (8, 16):
-            row = {"optimizer": name, "pairs": pairs,
-                   **engine_rate(learned, tasks, pairs, 50, args.repeats),
+        for row in engine_rates(learned, tasks, settings, args.repeats):
+            row = {"optimizer": name, **row,
                    "naive_inner_steps_per_s": naive["inner_steps_per_s"]}
             row["speedup_vs_naive"] = row["inner_steps_per_s"] / row["naive_inner_steps_per_s"]
             # share of a 30-minute run spent compiling (one compile per pool and truncation)
@@ -108,10 +126,11 @@ def main():
     (RESULTS / "meta.json").write_text(json.dumps(results, indent=1))
     lines = ["# Meta-training throughput", "", f"Machine: {results['machine']}", "",
              f"Setting: {results['setting']}; 16 tasks in the pool.", "",
-             "| optimizer | particles | inner steps/s | naive inner steps/s | speed-up | "
-             "outer step s | compile s | compile share of 30 min |",
-             "|---|---|---|---|---|---|---|---|",
-             *(f"| {r['optimizer']} | {r['particles']} | {r['inner_steps_per_s']:.0f} | "
+             "| optimizer | particles | pools | threads | inner steps/s | naive inner steps/s | "
+             "speed-up | outer step s | compile s | compile share of 30 min |",
+             "|---|---|---|---|---|---|---|---|---|---|",
+             *(f"| {r['optimizer']} | {r['particles']} | {r['pools']} | {r['threads']} | "
+               f"{r['inner_steps_per_s']:.0f} | "
                f"{r['naive_inner_steps_per_s']:.0f} | {r['speedup_vs_naive']:.1f}x | "
                f"{r['outer_step_s']:.3f} | {r['compile_s']:.1f} | "
                f"{100 * r['compile_share_30min']:.1f}% |" for r in results["rows"])]

@@ -90,14 +90,18 @@ def unroll(pool: Pool, make_opt, state: InnerState, num_steps: int, *,
     opt = make_opt()
     data = pool.task_data(state.task)
 
-    def step(carry, _):
+    def step(carry, i):
         state, dead = carry
         k_b, k_l, k_v, k_o = jax.random.split(jax.random.fold_in(state.key, state.step), 4)
         hp = _task_hp(pool, state.task)
         batch = sample_split(spec, hp, data, "train", k_b)
         loss, grads = jax.value_and_grad(lambda p: spec.loss(hp, p, batch, k_l))(state.params)
+        # Every ``valid_every`` steps of the unroll: the loop index, unlike the run's own step,
+        # is the same for all particles, so under vmap this stays a branch instead of
+        # computing the validation loss at every step. Runs start at an unroll's first step,
+        # so with truncations a multiple of ``valid_every`` the two schedules coincide.
         vloss = jax.lax.cond(
-            state.step % valid_every == 0,
+            i % valid_every == 0,
             lambda: spec.loss(hp, state.params, sample_split(spec, hp, data, "valid", k_v),
                               k_l),
             lambda: state.valid_loss)
@@ -116,8 +120,8 @@ def unroll(pool: Pool, make_opt, state: InnerState, num_steps: int, *,
         nxt = nxt._replace(step=state.step + 1)
         return (nxt, dead), (meta, jnp.where(dead, jnp.nan, loss))
 
-    (state, dead), (meta, train) = jax.lax.scan(step, (state, jnp.array(False)), None,
-                                                length=num_steps)
+    (state, dead), (meta, train) = jax.lax.scan(step, (state, jnp.array(False)),
+                                                jnp.arange(num_steps))
     return state, meta, train, dead | (state.step >= state.length)
 
 
