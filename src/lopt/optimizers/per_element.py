@@ -2,7 +2,8 @@
 computed in cache-sized chunks.
 
 Each feature channel is divided by its RMS over the whole tensor, so the scales are reduced
-first (one pass over gradient, parameter and accumulators). Then the elements are processed
+first (a pass over gradient, parameter and accumulators); for a large tensor, dividing by them
+is folded into the first layer's weights. Then the elements are processed
 ``CHUNK`` at a time: features, three matrix products and the step for a chunk stay in cache,
 instead of streaming a dozen ``[32, elements]`` intermediates through memory; elements are
 columns there (short, wide products). Small tensors are concatenated and handled in one piece
@@ -31,25 +32,43 @@ def raw_rows(g, p, acc) -> jax.Array:
                             acc.m.reshape(len(DECAYS), n), acc.v.reshape(len(DECAYS), n)])
 
 
+def _split(raw):
+    k = len(DECAYS)
+    return raw[0:1], raw[1:2], raw[2:2 + k], raw[2 + k:]
+
+
+def _derived(p, m, v):
+    """The bounded channels: log|parameter|, momenta / sqrt(second moments) (at most 1 in
+    magnitude) and rsqrt(second moments) (at most 1e8)."""
+    vs = v + EPS
+    return jnp.log(jnp.abs(p) + 1e-8), m * jax.lax.rsqrt(vs), jax.lax.rsqrt(vs + 1e-16)
+
+
 def _channels(raw):
     """The 23 feature channels ``[23, k]`` from raw rows ``[NUM_RAW, k]``: gradient, parameter,
     log|parameter|, momenta, momenta / sqrt(second moments), second moments, their rsqrt."""
-    k = len(DECAYS)
-    g, p, m, v = raw[0:1], raw[1:2], raw[2:2 + k], raw[2 + k:]
-    vs = v + EPS
-    return jnp.concatenate([g, p, jnp.log(jnp.abs(p) + 1e-8), m, m * jax.lax.rsqrt(vs), v,
-                            jax.lax.rsqrt(vs + 1e-16)])
+    g, p, m, v = _split(raw)
+    logp, mr, r = _derived(p, m, v)
+    return jnp.concatenate([g, p, logp, m, mr, v, r])
 
 
 def channel_scales(raw) -> jax.Array:
-    """``[23]``: each channel's RMS over the tensor (computed without overflow)."""
-    return rms(_channels(raw), axis=1) + 1e-30
+    """``[23]``: each channel's RMS over the tensor.
+
+    The raw rows can hold any float32 magnitude, so their RMS is rescaled by the max (two
+    passes); the derived channels are bounded, so their mean square is summed directly, in the
+    same pass that computes them.
+    """
+    g, p, m, v = _split(rms(raw, axis=1))
+    logp, mr, r = (jnp.sqrt(jnp.mean(jnp.square(c), axis=1))
+                   for c in _derived(*_split(raw)[1:]))
+    return jnp.concatenate([g, p, logp, m, mr, v, r]) + 1e-30
 
 
 def features(raw, scales) -> jax.Array:
     """Normalised per-element inputs ``[23, k]`` (one element per column) of raw rows
     ``[NUM_RAW, k]``."""
-    return _channels(raw) / scales[:, None]
+    return _channels(raw) * (1.0 / scales)[:, None]
 
 
 def _apply(layers, skip, x, bias, exp_mult, step_mult, *, columns):
@@ -90,20 +109,24 @@ def per_element_outputs(layers, skip, raws, biases, *, exp_mult: float, step_mul
 
 def _chunked(layers, skip, raw, bias, exp_mult, step_mult):
     """One large tensor, ``CHUNK`` elements at a time (plus a direct tail)."""
-    scales = channel_scales(raw)
+    # Dividing each channel by its scale is folded into the first layer and the skip, which
+    # read the raw channels: one pass over the elements fewer.
+    inv = 1.0 / channel_scales(raw)
+    layers = [{"w": layers[0]["w"] * inv[:, None], "b": layers[0]["b"]}, *layers[1:]]
+    skip = skip * inv
     n = raw.shape[1]
     full = n // CHUNK * CHUNK
     blocks = raw[:, :full].reshape(NUM_RAW, n // CHUNK, CHUNK).transpose(1, 0, 2)
 
     def body(block):
-        step, hidden = _apply(layers, skip, features(block, scales), bias, exp_mult, step_mult,
+        step, hidden = _apply(layers, skip, _channels(block), bias, exp_mult, step_mult,
                               columns=True)
         return step, jnp.sum(hidden, axis=1)
 
     step, sums = jax.lax.map(body, blocks)
     step, total = step.reshape(-1), jnp.sum(sums, axis=0)
     if full < n:
-        tail, hidden = _apply(layers, skip, features(raw[:, full:], scales), bias, exp_mult,
+        tail, hidden = _apply(layers, skip, _channels(raw[:, full:]), bias, exp_mult,
                               step_mult, columns=True)
         step = jnp.concatenate([step, tail])
         total = total + jnp.sum(hidden, axis=1)
