@@ -100,6 +100,10 @@ def main(argv=None) -> int:
         argv = ["benchmark", *argv]  # `lopt` alone (or with flags) runs the main job
     args = build_parser().parse_args(argv)
     command = args.command
+    if command in ("meta-train", "benchmark", "baselines"):
+        from lopt.compile_cache import enable_compilation_cache
+
+        enable_compilation_cache()
     try:
         if command == "tasks":
             return _tasks(args)

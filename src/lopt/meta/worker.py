@@ -7,6 +7,7 @@ arrays back, so the same object can live in this process or inside a Ray actor.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from collections import defaultdict
@@ -35,6 +36,12 @@ class UnrollConfig:
     objective: str = "outer_valid"
     clip: float = 2.0
     valid_every: int = 10
+
+
+#: LLVM optimisation level 1 instead of XLA:CPU's default: the estimate programs compile in
+#: about half the time and run as fast (``benchmarks/results/meta.md``); a rotating run spends
+#: a large share of its time compiling.
+COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
 class Estimate(NamedTuple):
@@ -109,7 +116,7 @@ class Worker:
         # One compiled program, dropped after use: run eagerly, the init would leave hundreds
         # of small cached executables per shape bucket (each holds code mappings; a long
         # rotating run would exhaust the process's memory-map limit).
-        @jax.jit
+        @functools.partial(jax.jit, compiler_options=COMPILER_OPTIONS)
         def fresh(theta, pool, keys):
             runs = jax.vmap(lambda k: U.new_run(
                 pool, lambda: self.learned.optimizer(theta), k,
@@ -199,4 +206,4 @@ def _estimate_program(learned, config: UnrollConfig):
         return estimate(config.estimator, unroll_fn, reset_fn, theta, state, key,
                         sigma=config.sigma)
 
-    return jax.jit(run)
+    return jax.jit(run, compiler_options=COMPILER_OPTIONS)
