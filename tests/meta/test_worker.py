@@ -38,6 +38,9 @@ def test_threaded_pools_match_sequential_pools_exactly():
             {k: v for k, v in b.metrics.items() if k.startswith("meta_loss")}
     for x, y in zip(jax.tree_util.tree_leaves(w1.states), jax.tree_util.tree_leaves(w2.states)):
         np.testing.assert_array_equal(_plain(x), _plain(y))
+    assert {k for k in par[0].metrics if k.startswith("seconds/")} == \
+        {"seconds/quadratic", "seconds/test_function"}
+    assert all(v > 0 for k, v in par[0].metrics.items() if k.startswith("seconds/"))
     assert any(np.any(np.asarray(g) != 0) for g in jax.tree_util.tree_leaves(seq[-1].grad))
 
 

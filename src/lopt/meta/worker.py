@@ -164,17 +164,21 @@ class Worker:
         self._drop_unused_programs()
 
         def run(i):
+            start = time.perf_counter()
             pool = self.pools[i][0]
             grad, state, meta = self._program(pool)(theta, pool, self.states[i],
                                                     jax.random.fold_in(key, i))
-            return grad, state, float(meta)  # float() waits for the program
+            meta = float(meta)  # waits for the program
+            return grad, state, meta, time.perf_counter() - start
 
         indices = range(len(self.pools))
         results = list(self._executor.map(run, indices) if self._executor else map(run, indices))
-        for i, (grad, state, meta) in enumerate(results):
+        seconds = defaultdict(float)
+        for i, (grad, state, meta, took) in enumerate(results):
             self.states[i] = state
             grads.append(grad)
             by_family[f"meta_loss/{self.families[i]}"].append(meta)
+            seconds[f"seconds/{self.families[i]}"] += took  # compiles included: find slow pools
         self.calls += 1
         grad = jax.tree_util.tree_map(lambda *g: sum(g) / len(g), *grads)
         inner = sum(2 * pairs * self.config.truncation for _, pairs in self.pools)
@@ -183,6 +187,7 @@ class Worker:
         metrics["meta_loss"] = float(np.mean([x for v in by_family.values() for x in v]))
         metrics["inner_steps"] = inner
         metrics["worker_seconds"] = elapsed
+        metrics.update(seconds)
         return Estimate(jax.device_get(grad), version, metrics)
 
 
