@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt.compile_cache import COMPILER_OPTIONS
 from lopt.tasks.base import SPLITS, Task, eval_split, sample_split
 
 #: Keyword under which the validation loss reaches an optimizer's ``update`` (training loss: ``value``).
@@ -164,7 +165,7 @@ def _compiled(spec, optimizer, num_steps, eval_every, eval_size, eval_splits, va
                     has_opt_hp)
     if batched:
         run = jax.vmap(run, in_axes=(hp_axis, data_axis, opt_axis, 0))
-    return jax.jit(run)
+    return jax.jit(run, compiler_options=COMPILER_OPTIONS)
 
 
 def _tree_all_finite(tree):

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lopt.compile_cache import COMPILER_OPTIONS
 from lopt.meta import unroll as U
 from lopt.meta.estimators import EstimatorState, estimate, init_estimator_state
 from lopt.optimizers.base import LearnedOptimizer
@@ -36,12 +37,6 @@ class UnrollConfig:
     objective: str = "outer_valid"
     clip: float = 2.0
     valid_every: int = 10
-
-
-#: LLVM optimisation level 1 instead of XLA:CPU's default: the estimate programs compile in
-#: about half the time and run as fast (``benchmarks/results/meta.md``); a rotating run spends
-#: a large share of its time compiling.
-COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
 class Estimate(NamedTuple):
