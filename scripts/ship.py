@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lopt.compile_cache import enable_compilation_cache
 from lopt.evaluate import BaselineStore
 from lopt.evaluate.benchmark import benchmark
 from lopt.pretrained import BASELINES, FOLDER
@@ -77,6 +78,7 @@ def main() -> None:
     p.add_argument("--no-select", action="store_true",
                    help="ship the single run without scoring it on the selection subset")
     args = p.parse_args()
+    enable_compilation_cache()
     scores = {}
     if not args.no_select:
         tasks = sample_tasks("held_out", args.per_family, subset="selection")
