@@ -2,7 +2,7 @@
 the held-out *selection* subset (never the test subset, which only the final report sees).
 
     python scripts/ship.py meta_runs/hierarchical-a [meta_runs/hierarchical-b ...] \
-        --name hierarchical [--per-family 1] [--steps 2000] [--no-select]
+        --name hierarchical [--per-family 1] [--steps 2000] [--jobs 2] [--no-select]
 
 Each candidate's latest ``theta.safetensors`` is benchmarked on a sample of the selection subset
 (both modes); the one with the lowest mean normalised loss is written to
@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import subprocess
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -69,29 +71,44 @@ def _parent(init_weights: str | None) -> dict:
     return {"started_from": {"weights": init_weights, **parent}}
 
 
+def selection_score(run: Path, per_family: int, steps: int) -> dict:
+    """Benchmarks ``run``'s latest weights on the selection sample (both modes)."""
+    enable_compilation_cache()
+    tasks = sample_tasks("held_out", per_family, subset="selection")
+    store = BaselineStore(num_steps=steps, fallback=BASELINES)
+    theta, learned, _ = load(run / "theta.safetensors")
+    res = benchmark(tasks, learned, theta, num_steps=steps, store=store, progress=False)
+    return {"selection_tasks": len(tasks), "selection_steps": steps,
+            "selection_score": float(np.mean([m["summary"]["mean_normalised"]
+                                              for m in res["modes"].values()])),
+            **{f"selection_{k}": v["summary"] for k, v in res["modes"].items()}}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", type=Path, nargs="+")
     p.add_argument("--name", required=True)
     p.add_argument("--per-family", type=int, default=1)
     p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--jobs", type=int, default=1,
+                   help="candidates benchmarked at once, one process each (default 1)")
     p.add_argument("--no-select", action="store_true",
                    help="ship the single run without scoring it on the selection subset")
     args = p.parse_args()
     enable_compilation_cache()
     scores = {}
     if not args.no_select:
-        tasks = sample_tasks("held_out", args.per_family, subset="selection")
-        store = BaselineStore(num_steps=args.steps, fallback=BASELINES)
-        for run in args.runs:
-            theta, learned, _ = load(run / "theta.safetensors")
-            res = benchmark(tasks, learned, theta, num_steps=args.steps, store=store)
-            scores[run] = {
-                "selection_tasks": len(tasks), "selection_steps": args.steps,
-                "selection_score": float(np.mean([m["summary"]["mean_normalised"]
-                                                  for m in res["modes"].values()])),
-                **{f"selection_{k}": v["summary"] for k, v in res["modes"].items()}}
-            print(run, scores[run]["selection_score"], flush=True)
+        # One process per candidate (up to --jobs at once): each run is mostly one core.
+        jobs = [(run, args.per_family, args.steps) for run in args.runs]
+        if args.jobs > 1:
+            ctx = multiprocessing.get_context("spawn")  # JAX's threads do not survive a fork
+            with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+                results = list(pool.map(selection_score, *zip(*jobs)))
+        else:
+            results = [selection_score(*job) for job in jobs]
+        for run, score in zip(args.runs, results):
+            scores[run] = score
+            print(run, score["selection_score"], flush=True)
     elif len(args.runs) != 1:
         raise SystemExit("--no-select ships exactly one run")
     best = min(args.runs, key=lambda r: scores[r]["selection_score"]) if scores else args.runs[0]
