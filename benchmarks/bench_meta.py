@@ -72,6 +72,29 @@ def engine_rates(learned, tasks, settings, repeats):
     return rows
 
 
+def compile_options_ab(learned, tasks, repeats=2):
+    """Compile and run seconds of one pool's estimate program (16 particles) with XLA's
+    default options and with lopt's ``COMPILER_OPTIONS``, alternating."""
+    from lopt.compile_cache import COMPILER_OPTIONS
+    from lopt.meta.worker import _estimate_program
+
+    worker, theta, _ = engine(learned, tasks, 8, 1, 1)
+    pool, state = worker.pools[0][0], worker.states[0]
+    key = jax.random.key(0)
+    out = {"default": {"compile_s": [], "run_s": []}, "lopt": {"compile_s": [], "run_s": []}}
+    for _ in range(repeats):
+        for name, options in (("default", None), ("lopt", COMPILER_OPTIONS)):
+            fn = _estimate_program(learned, worker.config, options)
+            t0 = time.perf_counter()
+            compiled = fn.lower(theta, pool, state, key).compile()
+            out[name]["compile_s"].append(time.perf_counter() - t0)
+            jax.block_until_ready(compiled(theta, pool, state, key))
+            t0 = time.perf_counter()
+            jax.block_until_ready(compiled(theta, pool, state, key))
+            out[name]["run_s"].append(time.perf_counter() - t0)
+    return {name: {k: statistics.median(v) for k, v in d.items()} for name, d in out.items()}
+
+
 def naive_rate(learned, task, truncation, runs=4):
     """One particle at a time, Python loop over inner steps (a jitted single step)."""
     theta = learned.init(jax.random.key(0))
@@ -108,6 +131,8 @@ def main():
     results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                            "jax": jax.__version__},
                "setting": "digits MLP 64-32-10, batch 128, truncation 50, PES", "rows": []}
+    results["compile_options"] = compile_options_ab(Hierarchical(), tasks)
+    print(results["compile_options"])
     cores = len(os.sched_getaffinity(0))
     # One pool on one thread; then the particles split over one pool per core (how the
     # engine uses several cores: each pool's program keeps about one core busy).
@@ -135,6 +160,11 @@ def write_report(results):
              "10x the naive loop; compile under 20% of a 30-minute run. Inner steps/s are "
              "medians of interleaved repeats (wall time; a shared machine's noise moves them "
              "by about 30% between runs).", "",
+             *([] if "compile_options" not in results else [
+                 "Compile options (hierarchical, one pool's estimate program, medians of "
+                 "alternating compiles): " + ", ".join(
+                     f"{name}: compile {d['compile_s']:.1f} s, run {d['run_s']:.3f} s"
+                     for name, d in results["compile_options"].items()) + ".", ""]),
              "| optimizer | particles | pools | threads | inner steps/s | naive inner steps/s | "
              "speed-up | outer step s | compile s | compile share of 30 min |",
              "|---|---|---|---|---|---|---|---|---|---|",

@@ -186,7 +186,7 @@ class Worker:
         return Estimate(jax.device_get(grad), version, metrics)
 
 
-def _estimate_program(learned, config: UnrollConfig):
+def _estimate_program(learned, config: UnrollConfig, compiler_options=COMPILER_OPTIONS):
     """A jitted estimate for one pool (compiled on first call for the pool's shapes)."""
 
     def run(theta, pool, state, key):
@@ -206,4 +206,4 @@ def _estimate_program(learned, config: UnrollConfig):
         return estimate(config.estimator, unroll_fn, reset_fn, theta, state, key,
                         sigma=config.sigma)
 
-    return jax.jit(run, compiler_options=COMPILER_OPTIONS)
+    return jax.jit(run, compiler_options=compiler_options)
