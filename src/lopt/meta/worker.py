@@ -93,7 +93,8 @@ class Worker:
         self._programs: dict = {}
         self.calls = 0
         # Pools run concurrently, one per core: one XLA:CPU program of small vmapped products
-        # keeps about one core busy, so a second pool in another thread nearly doubles the rate.
+        # keeps about one core busy (two pools on two threads: 1.3x the inner steps/s of one,
+        # benchmarks/results/meta.md). Results do not depend on the number of threads.
         self.threads = threads or len(os.sched_getaffinity(0))
         self._executor = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
