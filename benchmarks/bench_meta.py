@@ -61,11 +61,11 @@ def engine_rates(learned, tasks, settings, repeats):
     times = [[] for _ in settings]
     for _ in range(repeats):
         for (worker, theta, _), ts in zip(built, times):
-            ts.append(worker.estimate(theta, 0).metrics["worker_seconds"])
+            ts.append(worker.estimate(theta, 0).metrics)
     rows = []
     for (pairs, pools, threads), (worker, _, compile_s), ts in zip(settings, built, times):
-        inner = sum(2 * p * 50 for _, p in worker.pools)
-        warm = statistics.median(ts)
+        inner = ts[0]["inner_steps"]
+        warm = statistics.median(m["worker_seconds"] for m in ts)
         rows.append({"particles": 2 * pairs, "pools": pools, "threads": threads,
                      "inner_steps_per_outer": inner, "inner_steps_per_s": inner / warm,
                      "outer_step_s": warm, "compile_s": compile_s})

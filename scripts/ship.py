@@ -95,7 +95,6 @@ def main() -> None:
     p.add_argument("--no-select", action="store_true",
                    help="ship the single run without scoring it on the selection subset")
     args = p.parse_args()
-    enable_compilation_cache()
     scores = {}
     if not args.no_select:
         # One process per candidate (up to --jobs at once): each run is mostly one core.
