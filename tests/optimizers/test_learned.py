@@ -1,5 +1,6 @@
 """Properties every learned optimizer must have (hierarchical and per-parameter MLP)."""
 
+import dataclasses
 import functools
 
 import jax
@@ -199,3 +200,48 @@ def test_untrained_optimizer_is_a_sane_rule(arch):
     for _ in range(300):
         params, state, loss = step(params, state)
     assert float(loss_fn(params)) < 0.8 * first
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=IDS)
+def test_vanished_gradient_stops_the_parameters(arch):
+    """After a loss of exactly zero (gradients all zero) the steps die out, as Adam's do,
+    instead of drifting on normalised features; the large tensor covers the chunked path."""
+    theta = arch.init(jax.random.key(0))
+    opt = arch.optimizer(theta)
+    params = {"w": jax.random.normal(jax.random.key(1), (100, 100)), "b": jnp.zeros(10)}
+
+    @jax.jit
+    def run(params, scales):
+        def step(carry, xs):
+            params, state = carry
+            scale, key = xs
+            g = jax.tree_util.tree_map(lambda x: x * scale, _grads(key, params))
+            u, state = opt.update(g, state, params, value=scale)
+            return (optax.apply_updates(params, u), state), optax.tree.norm(u, ord="inf")
+
+        keys = jax.random.split(jax.random.key(2), len(scales))
+        return jax.lax.scan(step, (params, opt.init(params)), (scales, keys))[1]
+
+    scales = jnp.concatenate([jnp.ones(20), jnp.zeros(300)])
+    largest = np.asarray(run(params, scales))
+    assert largest[:20].min() > 1e-4  # a real step while there is a gradient
+    assert largest[-20:].max() < 1e-3 * largest[:20].min()
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=IDS)
+def test_step_magnitude_is_bounded(arch):
+    """A magnitude output far beyond anything meta-trained (exp_mult 1, a = 1e3) gives the
+    same finite update as one just past the bound, not an overflow to inf."""
+    arch = dataclasses.replace(arch, exp_mult=1.0)
+    params = _params(jax.random.key(0))
+    grads = _grads(jax.random.key(1), params)
+    theta = arch.init(jax.random.key(0))
+    ups = []
+    for a in (1e3, arch.max_log_scale + 1.0):
+        th = jax.tree_util.tree_map(lambda x: x, theta)
+        th["ffn"][-1]["b"] = th["ffn"][-1]["b"].at[1].set(a)
+        u, _ = _update(arch, th, grads, arch.optimizer(th).init(params), params, 1.0)
+        ups.append(u)
+    for big, edge in zip(jax.tree_util.tree_leaves(ups[0]), jax.tree_util.tree_leaves(ups[1])):
+        assert np.isfinite(np.asarray(big)).all()
+        np.testing.assert_allclose(big, edge, rtol=1e-5, atol=1e-7)

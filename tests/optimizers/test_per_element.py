@@ -41,3 +41,16 @@ def test_features_are_scale_free():
     for channel in [0, *range(3, 18)]:
         np.testing.assert_allclose(a[channel], b[channel], rtol=1e-3, atol=1e-5)
     assert jnp.all(jnp.isfinite(b))
+
+
+def test_features_of_vanished_momenta_stay_bounded():
+    """Momenta of 1e-35 over zero second moments: ``m / sqrt(v)`` is about 1e-20, whose float32
+    square underflows. A feature is a channel over its RMS, so at most sqrt(n) in magnitude;
+    an underflowed RMS would make it 1e10."""
+    n = 64
+    raw = _raw(n, jax.random.key(5))
+    k = len(per_element.DECAYS)
+    raw = raw.at[2:2 + k].set(1e-35).at[2 + k:].set(0.0)  # momenta, second moments
+    x = jax.jit(lambda r: per_element.features(r, per_element.channel_scales(r)))(raw)
+    assert np.isfinite(np.asarray(x)).all()
+    assert float(jnp.abs(x).max()) <= np.sqrt(n) * (1 + 1e-5)

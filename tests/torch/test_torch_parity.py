@@ -11,6 +11,8 @@ rounding of its O(1) terms, which differs between XLA's and PyTorch's kernels, i
 error of about 1e-6 of the largest update; no float32 implementation can match it relatively.
 """
 
+import copy
+import dataclasses
 import functools
 
 import numpy as np
@@ -22,6 +24,7 @@ torch = pytest.importorskip("torch", minversion="2.1")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+import lopt  # noqa: E402
 from lopt import pretrained  # noqa: E402
 from lopt.torch import LearnedOptimizer  # noqa: E402
 
@@ -35,7 +38,8 @@ def _jax_update(arch, theta, grads, state, params, loss, valid):
     return arch.optimizer(theta).update(grads, state, params, value=loss, valid_loss=valid)
 
 
-def _compare(arch, theta, path, *, valid_every=None, grad_scale=None, steps=50, chunk=None):
+def _compare(arch, theta, path, *, valid_every=None, grad_scale=None, steps=50, chunk=None,
+             zero_after=None):
     rng = np.random.default_rng(0)
     state = arch.optimizer(theta).init([jnp.zeros(s) for s in SHAPES])
     params = [torch.nn.Parameter(torch.zeros(s)) for s in SHAPES]
@@ -45,6 +49,8 @@ def _compare(arch, theta, path, *, valid_every=None, grad_scale=None, steps=50, 
     for t in range(steps):
         ps = [np.asarray(1e-3 * rng.normal(size=s), np.float32) for s in SHAPES]
         scale = 10.0 ** rng.uniform(-3, 1) if grad_scale is None else grad_scale
+        if zero_after is not None and t >= zero_after:
+            scale = 0.0  # a vanished gradient: the stall factor shrinks the steps
         gs = [np.asarray(scale * rng.normal(size=s), np.float32) for s in SHAPES]
         loss = np.float32(2.0 / (1 + t) + 0.1 * rng.normal())
         valid = np.float32(loss + rng.uniform(0, 0.5)) if valid_every and t % valid_every == 0 \
@@ -89,3 +95,24 @@ def test_shipped_weights(valid_every):
 def test_extreme_gradient_scales(weights_files, grad_scale):
     """Tiny and huge gradients: float32 sums of squares under- or overflow, and are redone."""
     _compare(*weights_files["hierarchical"], grad_scale=grad_scale, steps=8)
+
+
+def test_vanished_gradients(weights_files, tmp_path):
+    """Zero gradients after 20 steps, with a stall threshold (0.05) that the momentum-0.9
+    ``m / sqrt(v)`` crosses after about 35 of them. (Later, once momenta turn subnormal, the
+    two differ by about 1e-4 relative: XLA flushes subnormals to zero, PyTorch keeps them.)"""
+    arch, theta, _ = weights_files["hierarchical"]
+    arch = dataclasses.replace(arch, stall_rms=0.05)
+    lopt.save(tmp_path / "w.safetensors", theta, arch)
+    _compare(arch, theta, tmp_path / "w.safetensors", steps=80, zero_after=20, chunk=16)
+
+
+@pytest.mark.parametrize("name", ["hierarchical", "mlp"])
+def test_bounded_magnitude(weights_files, tmp_path, name):
+    """A learnable magnitude (exp_mult 1) far past its bound: both clip it alike."""
+    arch, theta, _ = weights_files[name]
+    arch = dataclasses.replace(arch, exp_mult=1.0)
+    theta = copy.deepcopy(theta)
+    theta["ffn"][-1]["b"][1] = 1e3
+    lopt.save(tmp_path / "w.safetensors", theta, arch)
+    _compare(arch, theta, tmp_path / "w.safetensors", steps=5)

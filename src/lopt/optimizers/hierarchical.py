@@ -9,9 +9,11 @@ features enter as the bias of its first layer, so that per-element work stays th
 matrix products. It outputs a direction ``d`` and a magnitude ``a``; the update is
 ``d * exp(exp_mult * a) * step_mult``.
 
-One addition to the published design: a learned linear skip from the per-element features to
+Additions to the published design: a learned linear skip from the per-element features to
 ``d``, initialised to ``-m / sqrt(v)`` (momentum 0.9), so an untrained optimizer is already a
-sane, slow rule instead of diverging on every task (see DESIGN.md).
+sane, slow rule instead of diverging on every task (see DESIGN.md); and two guards that are
+inactive in ordinary training (``max_log_scale``, ``stall_rms``: ``per_element_outputs``): the
+magnitude cannot overflow, and the steps die out once the gradient has vanished.
 """
 
 from __future__ import annotations
@@ -26,10 +28,8 @@ import optax
 from lopt.optimizers import features as F
 from lopt.optimizers.base import LearnedOptimizer
 from lopt.optimizers.nets import init_linear, init_mlp, lstm_step
-from lopt.optimizers.per_element import per_element_outputs, raw_rows
-
-#: Index of the momentum-0.9 ``m / sqrt(v)`` channel in ``per_element.features``.
-ADAM_LIKE_CHANNEL = 3 + len(F.DECAYS) + 1
+from lopt.optimizers.per_element import (ADAM_LIKE_CHANNEL, MAX_LOG_SCALE, STALL_RMS,
+                                         per_element_outputs, raw_rows)
 
 
 class HierarchicalState(NamedTuple):
@@ -55,6 +55,9 @@ class Hierarchical(LearnedOptimizer):
     exp_mult: float = 1e-3
     step_mult: float = 1e-3
     skip_init: float = -1.0
+    #: Guards on the step outside what meta-training saw (``per_element_outputs``).
+    max_log_scale: float = MAX_LOG_SCALE
+    stall_rms: float = STALL_RMS
 
     name = "hierarchical"
 
@@ -144,7 +147,9 @@ class Hierarchical(LearnedOptimizer):
 
         raws = [raw_rows(gs[i], p_leaves[i], accs[i]) for i in live]
         steps, means = per_element_outputs(theta["ffn"], theta["skip"], raws, biases,
-                                           exp_mult=self.exp_mult, step_mult=self.step_mult)
+                                           exp_mult=self.exp_mult, step_mult=self.step_mult,
+                                           max_log_scale=self.max_log_scale,
+                                           stall_rms=self.stall_rms)
         out_leaves = list(out_leaves)
         for step, i in zip(steps, live):
             p = p_leaves[i]

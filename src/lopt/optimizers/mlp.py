@@ -15,9 +15,9 @@ import optax
 
 from lopt.optimizers import features as F
 from lopt.optimizers.base import LearnedOptimizer
-from lopt.optimizers.hierarchical import ADAM_LIKE_CHANNEL
 from lopt.optimizers.nets import init_linear, init_mlp
-from lopt.optimizers.per_element import per_element_outputs, raw_rows
+from lopt.optimizers.per_element import (ADAM_LIKE_CHANNEL, MAX_LOG_SCALE, STALL_RMS,
+                                         per_element_outputs, raw_rows)
 
 
 class MLPState(NamedTuple):
@@ -36,6 +36,9 @@ class PerParameterMLP(LearnedOptimizer):
     exp_mult: float = 1e-3
     step_mult: float = 1e-3
     skip_init: float = -1.0
+    #: Guards on the step outside what meta-training saw (``per_element_outputs``).
+    max_log_scale: float = MAX_LOG_SCALE
+    stall_rms: float = STALL_RMS
 
     name = "mlp"
 
@@ -80,7 +83,9 @@ class PerParameterMLP(LearnedOptimizer):
         biases = [shared_bias + F.size_features(p_leaves[i]) @ ctx["size"] for i in live]
         if live:
             steps, _ = per_element_outputs(theta["ffn"], theta["skip"], xs, jnp.stack(biases),
-                                           exp_mult=self.exp_mult, step_mult=self.step_mult)
+                                           exp_mult=self.exp_mult, step_mult=self.step_mult,
+                                           max_log_scale=self.max_log_scale,
+                                           stall_rms=self.stall_rms)
             for step, i in zip(steps, live):
                 out[i] = step.reshape(p_leaves[i].shape).astype(p_leaves[i].dtype)
         new_state = MLPState(state.step + 1, treedef.unflatten(acc_leaves),

@@ -23,6 +23,16 @@ from lopt.optimizers.nets import per_element_mlp
 CHUNK = 8192
 #: Raw rows per element: gradient, parameter, momenta, second moments.
 NUM_RAW = 2 + 2 * len(DECAYS)
+#: The least RMS of a derived channel (``channel_scales``): its squares stay far above
+#: float32's underflow, so a direct float32 sum is exact to about 1e-8.
+DERIVED_FLOOR = 1e-15
+#: Index of the momentum-0.9 ``m / sqrt(v)`` channel in ``features``.
+ADAM_LIKE_CHANNEL = 3 + len(DECAYS) + 1
+
+
+#: Guards on the learned step, inactive in ordinary training (``per_element_outputs``).
+MAX_LOG_SCALE = 5.0
+STALL_RMS = 1e-3
 
 
 def raw_rows(g, p, acc) -> jax.Array:
@@ -56,11 +66,14 @@ def channel_scales(raw) -> jax.Array:
     """``[23]``: each channel's RMS over the tensor.
 
     The raw rows can hold any float32 magnitude, so their RMS is rescaled by the max (two
-    passes); the derived channels are bounded, so their mean square is summed directly, in the
-    same pass that computes them.
+    passes); a raw row below 1e-30 counts as zero. The derived channels are bounded above, so
+    their mean square is summed directly, in the same pass that computes them; their RMS is
+    floored at ``DERIVED_FLOOR``. Below it the channel carries no signal (``m / sqrt(v)`` that
+    small means the gradient has vanished), the float32 squares would underflow, and dividing
+    by the underflowed RMS would turn rounding residue into features of 1e11.
     """
     g, p, m, v = _split(rms(raw, axis=1))
-    logp, mr, r = (jnp.sqrt(jnp.mean(jnp.square(c), axis=1))
+    logp, mr, r = (jnp.maximum(jnp.sqrt(jnp.mean(jnp.square(c), axis=1)), DERIVED_FLOOR)
                    for c in _derived(*_split(raw)[1:]))
     return jnp.concatenate([g, p, logp, m, mr, v, r]) + 1e-30
 
@@ -71,47 +84,65 @@ def features(raw, scales) -> jax.Array:
     return _channels(raw) * (1.0 / scales)[:, None]
 
 
-def _apply(layers, skip, x, bias, exp_mult, step_mult, *, columns):
+def _apply(layers, skip, x, bias, exp_mult, step_mult, max_log_scale, *, columns):
     """Steps ``[k]`` and the last hidden layer of features ``x`` (``[23, k]`` with
     ``columns``, else ``[k, 23]``)."""
     out, hidden = per_element_mlp(layers, x, bias, columns=columns)
     d, a = (out[0] + skip @ x, out[1]) if columns else (out[:, 0] + x @ skip, out[:, 1])
-    return d * jnp.exp(exp_mult * a) * step_mult, hidden
+    return d * jnp.exp(jnp.minimum(exp_mult * a, max_log_scale)) * step_mult, hidden
 
 
-def per_element_outputs(layers, skip, raws, biases, *, exp_mult: float, step_mult: float):
+def per_element_outputs(layers, skip, raws, biases, *, exp_mult: float, step_mult: float,
+                        max_log_scale: float = MAX_LOG_SCALE, stall_rms: float = STALL_RMS):
     """Steps and feedback summaries for every tensor.
 
     ``raws`` is a list of ``[NUM_RAW, n_i]`` arrays (``raw_rows``), ``biases`` ``[tensors,
     hidden]`` the per-tensor context of the first layer. Returns the flat steps of each tensor
     and ``[tensors, hidden]`` means of the last hidden layer.
+
+    Two guards keep the step sane outside what meta-training saw. ``exp_mult * a`` is clipped
+    above at ``max_log_scale`` (a magnitude factor of at most e^5, about 150), so that no
+    feature can overflow ``exp`` into an infinite step. And where a tensor's RMS of the
+    momentum-0.9 ``m / sqrt(v)`` is below ``stall_rms`` (it is at least about 0.2 while the
+    gradient carries any signal, noise included) its step shrinks in proportion: once the
+    gradient has vanished (a loss of exactly zero), the parameters stop, as Adam's do, instead
+    of drifting on features that only the normalisation keeps at unit scale.
     """
     steps, means = [None] * len(raws), [None] * len(raws)
+    scales = [channel_scales(raw) for raw in raws]
+    args = (exp_mult, step_mult, max_log_scale)
     small = [i for i, r in enumerate(raws) if r.shape[1] <= CHUNK]
     for i, raw in enumerate(raws):
         if i not in small:
-            steps[i], means[i] = _chunked(layers, skip, raw, biases[i], exp_mult, step_mult)
+            steps[i], means[i] = _chunked(layers, skip, raw, scales[i], biases[i], *args)
     if small:
         # Small tensors (all of them in meta-training) share one row-layout pass.
-        xs = [features(raws[i], channel_scales(raws[i])).T for i in small]
+        xs = [features(raws[i], scales[i]).T for i in small]
         sizes = [x.shape[0] for x in xs]
         x = jnp.concatenate(xs) if len(xs) > 1 else xs[0]
         rows = jnp.concatenate([jnp.broadcast_to(biases[i], (n, biases.shape[1]))
                                 for i, n in zip(small, sizes)])
-        step, hidden = _apply(layers, skip, x, rows, exp_mult, step_mult, columns=False)
+        step, hidden = _apply(layers, skip, x, rows, *args, columns=False)
         start = 0
         for i, n in zip(small, sizes):
             steps[i] = step[start:start + n]
             means[i] = jnp.mean(hidden[start:start + n], axis=0)
             start += n
+    steps = [step * stall_factor(s, stall_rms) for step, s in zip(steps, scales)]
     return steps, jnp.stack(means)
 
 
-def _chunked(layers, skip, raw, bias, exp_mult, step_mult):
+def stall_factor(scales, stall_rms: float) -> jax.Array:
+    """A tensor's step factor from its ``channel_scales``: 1 unless its gradient has vanished
+    (see ``per_element_outputs``)."""
+    return jnp.minimum(1.0, scales[ADAM_LIKE_CHANNEL] / stall_rms)
+
+
+def _chunked(layers, skip, raw, scales, bias, *args):
     """One large tensor, ``CHUNK`` elements at a time (plus a direct tail)."""
     # Dividing each channel by its scale is folded into the first layer and the skip, which
     # read the raw channels: one pass over the elements fewer.
-    inv = 1.0 / channel_scales(raw)
+    inv = 1.0 / scales
     layers = [{"w": layers[0]["w"] * inv[:, None], "b": layers[0]["b"]}, *layers[1:]]
     skip = skip * inv
     n = raw.shape[1]
@@ -119,15 +150,14 @@ def _chunked(layers, skip, raw, bias, exp_mult, step_mult):
     blocks = raw[:, :full].reshape(NUM_RAW, n // CHUNK, CHUNK).transpose(1, 0, 2)
 
     def body(block):
-        step, hidden = _apply(layers, skip, _channels(block), bias, exp_mult, step_mult,
-                              columns=True)
+        step, hidden = _apply(layers, skip, _channels(block), bias, *args, columns=True)
         return step, jnp.sum(hidden, axis=1)
 
     step, sums = jax.lax.map(body, blocks)
     step, total = step.reshape(-1), jnp.sum(sums, axis=0)
     if full < n:
-        tail, hidden = _apply(layers, skip, _channels(raw[:, full:]), bias, exp_mult,
-                              step_mult, columns=True)
+        tail, hidden = _apply(layers, skip, _channels(raw[:, full:]), bias, *args,
+                              columns=True)
         step = jnp.concatenate([step, tail])
         total = total + jnp.sum(hidden, axis=1)
     return step, total / n

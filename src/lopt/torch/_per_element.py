@@ -23,6 +23,7 @@ import itertools
 import torch
 
 from lopt.optimizers.features import CLIP_DECAY, DECAYS, EPS
+from lopt.optimizers.per_element import DERIVED_FLOOR
 from lopt.torch._features import clipped_gradient_
 
 #: Elements per chunk on the CPU (a feature block is then 3 MiB, in cache). On GPUs, where each
@@ -56,7 +57,8 @@ class Network:
     into the direction's weights, the magnitude's multiplier into the magnitude's.
     """
 
-    def __init__(self, theta: dict, *, exp_mult: float, step_mult: float):
+    def __init__(self, theta: dict, *, exp_mult: float, step_mult: float, max_log_scale: float,
+                 stall_rms: float):
         layers = sum(1 for k in theta if k.startswith("ffn.") and k.endswith(".w"))
 
         def with_bias(i):
@@ -70,6 +72,8 @@ class Network:
         self.first_bias = theta["ffn.0.b"]
         self.hidden = [with_bias(i) for i in range(1, layers - 1)]
         self.last = with_bias(layers - 1) * w0.new_tensor([[step_mult], [exp_mult]])
+        #: The step's guards (``lopt.optimizers.per_element.per_element_outputs``).
+        self.max_log_scale, self.stall_rms = max_log_scale, stall_rms
         decays = torch.tensor(DECAYS, dtype=torch.float32, device=w0.device).view(1, K, 1)
         self.decays, self.one_minus_decays = decays, 1 - decays
         self.chunk = CHUNK if on_host(w0.device) else DEVICE_CHUNK
@@ -142,12 +146,12 @@ class Item:
         self.acc = state["moments"].view(2 * K, -1)
         self.n = self.flat.numel()
         self.bound = None
+        self.factor = None  # the step's factor: the group's lr times the stall factor
 
     def add_(self, step: torch.Tensor, start: int = 0) -> None:
-        """Adds the flat float32 ``step`` (times the group's lr) to the parameter's elements
-        from ``start`` on."""
-        if self.lr != 1.0:
-            step.mul_(self.lr)
+        """Adds the flat float32 ``step`` (times ``factor``) to the parameter's elements from
+        ``start`` on."""
+        step.mul_(self.factor)
         dst = self.flat[start:start + step.numel()]
         dst.add_(step if dst.dtype == torch.float32 else step.to(dst.dtype))
 
@@ -298,6 +302,7 @@ def reduce_all(groups: list, *, multiple: float, summaries: bool, device):
 
     # RMS before any cast to float32: float64 sums of squares can be below its range
     rms = torch.cat([n.new_ones(len(items), 1), (stacked(0) / n).sqrt()], dim=1).float()
+    rms[:, LOGP:P].clamp_(min=DERIVED_FLOOR)  # the derived channels (``channel_scales``)
     if not summaries:
         return rms, None
     return rms, torch.stack([stacked(1) / n, stacked(2) / n, (stacked(4) / n).sqrt()], 1).float()
@@ -308,9 +313,14 @@ def apply_all(groups: list, net: Network, rms, biases) -> torch.Tensor:
     Returns the mean of the last hidden layer of each tensor ``[T, width]``."""
     firsts = net.first / (rms + 1e-30)[:, None, :]  # each channel's 1/RMS folded in
     firsts[:, :net.width, 0] = net.first_bias + biases
+    stall = ((rms[:, MR + 1] + 1e-30) / net.stall_rms).clamp(max=1.0)  # decay 0.9's m/sqrt(v)
+    lrs = torch.tensor([it.lr for g in groups for it in g.items], device=rms.device)
+    factors = stall * lrs
     sums, start = [], 0
     for g in groups:
         stop = start + len(g.items)
+        for it, factor in zip(g.items, factors[start:stop].to(g.items[0].flat.device)):
+            it.factor = factor
         sums.append(g.apply(firsts[start:stop].to(g.items[0].flat.device)).to(rms.device))
         start = stop
     n = torch.tensor([float(it.n) for g in groups for it in g.items], device=rms.device)
@@ -421,4 +431,4 @@ def _network(net: Network, sc: Scratch, x, spans):
         h = out
     out = torch.mm(net.last, h, out=sc.out)
     step = out[0].add_(sc.s[width + 1])
-    return step.mul_(out[1].exp_()), h
+    return step.mul_(out[1].clamp_(max=net.max_log_scale).exp_()), h

@@ -41,8 +41,11 @@ class PerElementRule(Rule):
 
     def network(self, device) -> Network:
         if device not in self._nets:
-            self._nets[device] = Network(self.weights.on(device), exp_mult=self.learned.exp_mult,
-                                         step_mult=self.learned.step_mult)
+            learned = self.learned
+            self._nets[device] = Network(self.weights.on(device), exp_mult=learned.exp_mult,
+                                         step_mult=learned.step_mult,
+                                         max_log_scale=learned.max_log_scale,
+                                         stall_rms=learned.stall_rms)
         return self._nets[device]
 
     def init_tensor_state(self, p: torch.Tensor) -> dict:
