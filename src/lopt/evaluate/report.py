@@ -63,13 +63,19 @@ def plot_differences(results: dict[str, Any], path: Path) -> Path:
     modes = list(results["modes"])
     fig, axes = plt.subplots(len(modes), len(BASELINE_LABELS), squeeze=False,
                              figsize=(4.2 * len(BASELINE_LABELS), 2.8 * len(modes)))
-    bins = np.linspace(-1, 1, 41)
+    # Most differences are a few hundredths: bins of equal width on a symmetric log axis (linear
+    # within +-1e-3) show them as well as the rare large ones.
+    edges = np.logspace(-3, 0, 16)
+    bins = np.concatenate([-edges[::-1], [0.0], edges])
     for row, mode in zip(axes, modes):
         tasks = results["modes"][mode]["tasks"]
         for ax, (name, label) in zip(row, BASELINE_LABELS.items()):
-            diff = np.asarray([t["normalised"] - t[name] for t in tasks])
-            ax.hist(np.clip(diff, -1, 1), bins=bins, color="C2", alpha=0.8)
+            diff = np.clip(np.asarray([t["normalised"] - t[name] for t in tasks]), -1, 1)
+            ax.hist([diff[diff < 0], diff[diff >= 0]], bins=bins, color=["C2", "C3"],
+                    label=["learned better", "baseline better"], stacked=True, alpha=0.8)
+            ax.set_xscale("symlog", linthresh=1e-3)
             ax.axvline(0, color="k", lw=0.8)
+            ax.legend(fontsize=7, frameon=False)
             better = float(np.mean(diff < 0)) if diff.size else math.nan
             ax.set_title(f"vs {label}\n({MODE_LABELS.get(mode, mode)}; better on {better:.0%})",
                          fontsize=8)
