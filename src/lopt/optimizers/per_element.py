@@ -28,8 +28,6 @@ NUM_RAW = 2 + 2 * len(DECAYS)
 DERIVED_FLOOR = 1e-15
 #: Index of the momentum-0.9 ``m / sqrt(v)`` channel in ``features``.
 ADAM_LIKE_CHANNEL = 3 + len(DECAYS) + 1
-
-
 #: Guards on the learned step, inactive in ordinary training (``per_element_outputs``).
 MAX_LOG_SCALE = 5.0
 STALL_RMS = 1e-3

@@ -313,7 +313,7 @@ def apply_all(groups: list, net: Network, rms, biases) -> torch.Tensor:
     Returns the mean of the last hidden layer of each tensor ``[T, width]``."""
     firsts = net.first / (rms + 1e-30)[:, None, :]  # each channel's 1/RMS folded in
     firsts[:, :net.width, 0] = net.first_bias + biases
-    stall = ((rms[:, MR + 1] + 1e-30) / net.stall_rms).clamp(max=1.0)  # decay 0.9's m/sqrt(v)
+    stall = (rms[:, MR + 1] / net.stall_rms).clamp(max=1.0)  # decay 0.9: m / sqrt(v)
     lrs = torch.tensor([it.lr for g in groups for it in g.items], device=rms.device)
     factors = stall * lrs
     sums, start = [], 0
