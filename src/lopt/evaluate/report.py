@@ -74,6 +74,7 @@ def plot_differences(results: dict[str, Any], path: Path) -> Path:
             ax.hist([diff[diff < 0], diff[diff >= 0]], bins=bins, color=["C2", "C3"],
                     label=["learned better", "baseline better"], stacked=True, alpha=0.8)
             ax.set_xscale("symlog", linthresh=1e-3)
+            ax.yaxis.get_major_locator().set_params(integer=True)  # counts of tasks
             ax.axvline(0, color="k", lw=0.8)
             ax.legend(fontsize=7, frameon=False)
             better = float(np.mean(diff < 0)) if diff.size else math.nan
