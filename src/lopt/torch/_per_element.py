@@ -146,12 +146,11 @@ class Item:
         self.acc = state["moments"].view(2 * K, -1)
         self.n = self.flat.numel()
         self.bound = None
-        self.factor = None  # the step's factor: the group's lr times the stall factor
 
-    def add_(self, step: torch.Tensor, start: int = 0) -> None:
-        """Adds the flat float32 ``step`` (times ``factor``) to the parameter's elements from
-        ``start`` on."""
-        step.mul_(self.factor)
+    def add_(self, step: torch.Tensor, factor: torch.Tensor, start: int = 0) -> None:
+        """Adds the flat float32 ``step`` times ``factor`` (the group's lr times the stall
+        factor, ``apply_all``) to the parameter's elements from ``start`` on."""
+        step.mul_(factor)
         dst = self.flat[start:start + step.numel()]
         dst.add_(step if dst.dtype == torch.float32 else step.to(dst.dtype))
 
@@ -210,9 +209,10 @@ class Chunked:
                                     for (s, e), p in zip(self.chunks, parts))
         return [x[None] for x in sums]
 
-    def apply(self, firsts: torch.Tensor) -> torch.Tensor:
+    def apply(self, firsts: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
         """Adds the learned step to the parameter; ``firsts [1, width + 1, ROWS]`` is its first
-        layer (``apply_all``). Returns the sum of the last hidden layer ``[1, width]``."""
+        layer and ``factors [1]`` its step's factor (``apply_all``). Returns the sum of the last
+        hidden layer ``[1, width]``."""
         net, it, hidden = self.net, self.it, 0
         for s, e in self.chunks:
             sc = net.scratch(e - s)
@@ -221,7 +221,7 @@ class Chunked:
             _fill(b, it.flat[s:e], it.acc[:, s:e])
             step, h = _network(net, sc, b.x, [(firsts[0], 0, e - s)])
             hidden = hidden + h[1:].sum(1)
-            it.add_(step, s)
+            it.add_(step, factors[0], s)
         it.finish()
         return hidden[None]
 
@@ -270,13 +270,13 @@ class Packed:
         sums = _reduce_block(b, sc.tmp, summaries, dtype, self)
         return [x.t() for x in sums]
 
-    def apply(self, firsts: torch.Tensor) -> torch.Tensor:
-        """As ``Chunked.apply``, per segment: ``firsts [T, width + 1, ROWS]``."""
+    def apply(self, firsts: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+        """As ``Chunked.apply``, per segment: ``firsts [T, width + 1, ROWS]``, ``factors [T]``."""
         net, b = self.net, self.block
         spans = [(f, a, e) for f, (a, e) in zip(firsts, self.spans)]
         step, h = _network(net, net.scratch(self.n), b.x, spans)
-        for it, part in zip(self.items, step.split(self.sizes)):
-            it.add_(part)
+        for it, part, factor in zip(self.items, step.split(self.sizes), factors):
+            it.add_(part, factor)
             it.finish()
         return self.sums(h[1:]).t()
 
@@ -318,10 +318,9 @@ def apply_all(groups: list, net: Network, rms, biases) -> torch.Tensor:
     factors = stall * lrs
     sums, start = [], 0
     for g in groups:
-        stop = start + len(g.items)
-        for it, factor in zip(g.items, factors[start:stop].to(g.items[0].flat.device)):
-            it.factor = factor
-        sums.append(g.apply(firsts[start:stop].to(g.items[0].flat.device)).to(rms.device))
+        stop, device = start + len(g.items), g.items[0].flat.device
+        sums.append(g.apply(firsts[start:stop].to(device), factors[start:stop].to(device))
+                    .to(rms.device))
         start = stop
     n = torch.tensor([float(it.n) for g in groups for it in g.items], device=rms.device)
     return torch.cat(sums) / n[:, None]
