@@ -1,4 +1,4 @@
-"""ES and PES against the true gradient on a problem where it can be computed exactly.
+"""ES, PES and TBPTT against the true gradient on a problem where it can be computed exactly.
 
 Inner problem: a vector w follows w <- w - lr * (A w) with lr = exp(theta), loss_t = 0.5 w^T A w,
 meta-loss = mean over a horizon of T steps, unrolled in truncations of K steps. The smoothed
@@ -85,6 +85,50 @@ def test_pes_points_along_the_gradient_of_two_meta_parameters():
     b = np.array([float(g["log_lr"]), float(g["log_decay"])])
     assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.98
     np.testing.assert_allclose(b, a, rtol=0.15)
+
+
+def test_tbptt_is_the_exact_gradient_of_each_truncation():
+    theta = {"log_lr": jnp.log(0.3), "log_decay": jnp.log(0.05)}
+    starts = jnp.stack([W0, 2 * W0, -W0])  # three pairs, different states
+
+    def truncation_loss(theta):
+        thetas = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (3,)), theta)
+        return jnp.mean(unroll_fn(thetas, starts)[1])
+
+    state = init_estimator_state(starts, theta)
+    g, new, meta = estimate("tbptt", unroll_fn, reset_fn, theta, state, jax.random.key(0),
+                            sigma=0.01, max_norm=np.inf)
+    true = jax.grad(truncation_loss)(theta)
+    for k in theta:
+        assert float(g[k]) == pytest.approx(float(true[k]), rel=1e-5)
+    assert float(meta) == pytest.approx(float(truncation_loss(theta)), rel=1e-6)
+    # both members of each pair advanced to the same state
+    np.testing.assert_array_equal(new.states[:3], new.states[3:])
+    assert not np.allclose(new.states[:3], starts)
+
+
+def test_tbptt_clips_each_particles_gradient():
+    theta = {"log_lr": jnp.log(0.3)}
+
+    def particle_grad(w0):
+        return jax.grad(lambda th: unroll_fn({"log_lr": th["log_lr"][None]}, w0[None])[1][0])(
+            theta)["log_lr"]
+
+    small, large = W0, 100 * W0  # the loss, and its gradient, scale with |w|^2
+    g_small, g_large = float(particle_grad(small)), float(particle_grad(large))
+    assert abs(g_small) < 0.5 < abs(g_large)
+    state = init_estimator_state(jnp.stack([small, large]), theta)
+    g, _, _ = estimate("tbptt", unroll_fn, reset_fn, theta, state, jax.random.key(0),
+                       sigma=0.01, max_norm=0.5)
+    assert float(g["log_lr"]) == pytest.approx((g_small + 0.5 * np.sign(g_large)) / 2, rel=1e-5)
+
+
+def test_tbptt_over_truncations_has_the_truncation_bias_of_es(theta):
+    true = float(jax.grad(full_objective)(theta)["log_lr"])
+    tbptt = float(_horizon_estimate("tbptt", theta, 1, jax.random.key(1))["log_lr"])
+    es = float(_horizon_estimate("es", theta, 20000, jax.random.key(1))["log_lr"])
+    assert tbptt == pytest.approx(es, rel=0.05)  # the same truncated objective, without noise
+    assert abs(tbptt - true) > 0.3 * abs(true)
 
 
 def test_unknown_estimator(theta):

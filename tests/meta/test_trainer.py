@@ -25,8 +25,9 @@ def _losses(run_dir):
     return [json.loads(line)["meta_loss"] for line in (run_dir / "metrics.jsonl").open()]
 
 
-def test_meta_training_learned_adam_lowers_the_meta_loss(tmp_path):
-    learner = meta_train(_config(), tmp_path / "run", progress=False)
+@pytest.mark.parametrize("estimator", ["pes", "tbptt"])
+def test_meta_training_learned_adam_lowers_the_meta_loss(tmp_path, estimator):
+    learner = meta_train(_config(estimator=estimator), tmp_path / "run", progress=False)
     losses = _losses(tmp_path / "run")
     assert len(losses) == 150
     first, last = np.mean(losses[:10]), np.mean(losses[-20:])

@@ -1,4 +1,5 @@
-"""Gradient estimators for truncated unrolls: antithetic ES and Persistent ES (PES).
+"""Gradient estimators for truncated unrolls: antithetic ES, Persistent ES (PES) and truncated
+backpropagation (TBPTT).
 
 Both work on any unroll, given as two functions over a batch of particles:
 
@@ -11,6 +12,12 @@ and minibatches. PES keeps, per pair, the sum of the perturbations applied since
 started, which makes its estimate of the full-horizon gradient unbiased (Vicol et al. 2021);
 truncated ES uses only the current truncation's perturbation and so ignores how theta shaped
 the state the truncation started from.
+
+TBPTT differentiates the truncation itself: the exact gradient of its meta-loss with the state
+it started from held fixed (biased like truncated ES, but with no sampling noise, which at a
+few particles and tens of thousands of meta-parameters is what ES spends its compute on). It
+unrolls one member of each pair and mirrors it into the other, so the curriculum can switch
+between estimators at any step.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-ESTIMATORS = ("es", "pes")
+ESTIMATORS = ("es", "pes", "tbptt")
 
 
 class EstimatorState(NamedTuple):
@@ -37,15 +44,18 @@ def init_estimator_state(states_pairs, theta) -> EstimatorState:
 
 
 def estimate(kind: str, unroll_fn: Callable, reset_fn: Callable, theta, state: EstimatorState,
-             key, *, sigma: float):
-    """One truncation of antithetic ES (``kind="es"``) or PES (``"pes"``).
+             key, *, sigma: float, max_norm: float = 1.0):
+    """One truncation of antithetic ES (``kind="es"``), PES (``"pes"``) or TBPTT (``"tbptt"``).
 
     Returns ``(gradient, new_state, mean_meta_loss)``; the gradient estimates d(meta-loss)/d
-    theta averaged over pairs.
+    theta averaged over pairs. ``sigma`` is unused by TBPTT, ``max_norm`` only by it (each
+    particle's gradient is clipped to that global norm).
     """
     if kind not in ESTIMATORS:
         raise ValueError(f"unknown estimator {kind!r}; allowed: {', '.join(ESTIMATORS)}")
     n = jax.tree_util.tree_leaves(state.acc)[0].shape[0]
+    if kind == "tbptt":
+        return _backprop(unroll_fn, reset_fn, theta, state, n, max_norm)
     leaves, treedef = jax.tree_util.tree_flatten(theta)
     keys = jax.random.split(key, len(leaves))
     eps = treedef.unflatten([sigma * jax.random.normal(k, (n, *x.shape), x.dtype)
@@ -62,3 +72,30 @@ def estimate(kind: str, unroll_fn: Callable, reset_fn: Callable, theta, state: E
     acc = jax.tree_util.tree_map(
         lambda a: jnp.where(pair_done.reshape((-1,) + (1,) * (a.ndim - 1)), 0.0, a), acc)
     return grad, EstimatorState(states, acc), jnp.mean(meta)
+
+
+def _backprop(unroll_fn, reset_fn, theta, state: EstimatorState, n: int, max_norm: float):
+    """TBPTT through the first member of each pair; the second is overwritten by its copy.
+
+    Each particle's gradient is clipped to global norm ``max_norm`` before they are averaged:
+    an unroll near the edge of stability has gradients thousands of times larger than the
+    rest (they explode with the truncation length), and would otherwise decide the step alone.
+    """
+    first = jax.tree_util.tree_map(lambda a: a[:n], state.states)
+    thetas = jax.tree_util.tree_map(lambda t: jnp.broadcast_to(t, (n, *t.shape)), theta)
+
+    def total(thetas):
+        states, meta, done = unroll_fn(thetas, first)
+        return jnp.sum(meta), (states, meta, done)
+
+    # The gradient with respect to the broadcast copies is each particle's own gradient.
+    per_particle, (states, meta, done) = jax.grad(total, has_aux=True)(thetas)
+    leaves = jax.tree_util.tree_leaves(per_particle)
+    norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.reshape(n, -1)), axis=1) for g in leaves))
+    weight = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30)) / n
+    grad = jax.tree_util.tree_map(lambda g: jnp.tensordot(weight, g, axes=1), per_particle)
+    both = jax.tree_util.tree_map(lambda a: jnp.concatenate([a, a]), states)
+    both = reset_fn(both, jnp.concatenate([done, done]))
+    # No perturbation was applied: a later PES phase starts its accumulators afresh.
+    acc = jax.tree_util.tree_map(jnp.zeros_like, state.acc)
+    return grad, EstimatorState(both, acc), jnp.mean(meta)

@@ -79,8 +79,13 @@ def normalised(pool: Pool, task, loss, *, clip: float):
 
 
 def unroll(pool: Pool, make_opt, state: InnerState, num_steps: int, *,
-           objective: str = "outer_valid", valid_every: int = 10, clip: float = 2.0):
+           objective: str = "outer_valid", valid_every: int = 10, clip: float = 2.0,
+           remat: bool = False):
     """Unrolls one particle ``num_steps`` inner steps with the optimizer ``make_opt()``.
+
+    ``remat`` recomputes each step's intermediates when differentiating (TBPTT), keeping only
+    the inner states between steps: the per-element network's activations of every step
+    would otherwise be held for the backward pass.
 
     A run whose loss or parameters stop being finite is frozen and its meta-loss counts as
     ``clip``. Returns ``(state, meta_losses [num_steps], train_losses [num_steps], done)`` where
@@ -120,6 +125,8 @@ def unroll(pool: Pool, make_opt, state: InnerState, num_steps: int, *,
         nxt = nxt._replace(step=state.step + 1)
         return (nxt, dead), (meta, jnp.where(dead, jnp.nan, loss))
 
+    if remat:
+        step = jax.checkpoint(step, prevent_cse=False)
     (state, dead), (meta, train) = jax.lax.scan(step, (state, jnp.array(False)),
                                                 jnp.arange(num_steps))
     return state, meta, train, dead | (state.step >= state.length)

@@ -177,7 +177,8 @@ class Worker:
             seconds[f"seconds/{self.families[i]}"] += took  # compiles included: find slow pools
         self.calls += 1
         grad = jax.tree_util.tree_map(lambda *g: sum(g) / len(g), *grads)
-        inner = sum(2 * pairs * self.config.truncation for _, pairs in self.pools)
+        per_pair = 1 if self.config.estimator == "tbptt" else 2  # TBPTT unrolls one member
+        inner = sum(per_pair * pairs * self.config.truncation for _, pairs in self.pools)
         elapsed = time.perf_counter() - t0
         metrics = {k: float(np.mean(v)) for k, v in by_family.items()}
         metrics["meta_loss"] = float(np.mean([x for v in by_family.values() for x in v]))
@@ -195,7 +196,8 @@ def _estimate_program(learned, config: UnrollConfig, compiler_options=COMPILER_O
             def one(th, s):
                 s, meta, _, done = U.unroll(
                     pool, lambda: learned.optimizer(th), s, config.truncation,
-                    objective=config.objective, valid_every=config.valid_every, clip=config.clip)
+                    objective=config.objective, valid_every=config.valid_every, clip=config.clip,
+                    remat=config.estimator == "tbptt")
                 return s, jnp.mean(meta), done
             return jax.vmap(one)(thetas, states)
 

@@ -23,6 +23,35 @@ LOSS_DECAY = 0.95
 CLIP_DECAY = 0.99
 
 
+@jax.custom_jvp
+def sqrt0(x):
+    """``sqrt`` whose derivative at 0 is 0 instead of infinite, so that meta-gradients through
+    an all-zero tensor (a zero-initialised bias, a dead unit) stay finite; values are sqrt's."""
+    return jnp.sqrt(x)
+
+
+@sqrt0.defjvp
+def _sqrt0_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    y = jnp.sqrt(x)
+    return y, jnp.where(x > 0, 0.5 / jnp.where(x > 0, y, 1.0), 0.0) * t
+
+
+@jax.custom_jvp
+def ratio_rsqrt(m, v):
+    """``m / sqrt(v)`` for ``v > 0``, whose derivative is computed without ``v ** -1.5`` (which
+    overflows float32 for ``v`` near ``EPS`` and turns zero tangents into NaN)."""
+    return m * jax.lax.rsqrt(v)
+
+
+@ratio_rsqrt.defjvp
+def _ratio_rsqrt_jvp(primals, tangents):
+    (m, v), (tm, tv) = primals, tangents
+    r = jax.lax.rsqrt(v)
+    y = m * r
+    return y, tm * r - 0.5 * tv * (y * (1.0 / v))
+
+
 class Accumulators(NamedTuple):
     """Per-element momentum ``m`` and second moment ``v`` at every decay: ``[len(DECAYS), *shape]``."""
 
@@ -52,20 +81,26 @@ def dynamic_clip(g, ms, step, *, multiple: float, decay: float = CLIP_DECAY):
     """
     current = _mean_square(g)
     ms = jnp.where(step == 0, current, decay * ms + (1 - decay) * current)
-    bound = multiple * jnp.sqrt(ms)
+    bound = multiple * sqrt0(ms)
     return jnp.clip(g, -bound, bound), ms
+
+
+def _rescale(largest):
+    """The rescaling factor of ``rms``: the result does not depend on it, so neither does its
+    derivative (through it, ``EPS ** 2`` would underflow and give 0 / 0)."""
+    return jax.lax.stop_gradient(largest + EPS)
 
 
 def _mean_square(x):
     """Mean of ``x**2`` computed without overflow or underflow (rescaled by the max)."""
-    scale = jnp.max(jnp.abs(x)) + EPS
+    scale = _rescale(jnp.max(jnp.abs(x)))
     return scale**2 * jnp.mean(jnp.square(x / scale)) if x.size else jnp.zeros(())
 
 
 def rms(x, axis=None, keepdims=False):
     """Root mean square, rescaled by the max so that 1e-20 and 1e20 values both work."""
-    scale = jnp.max(jnp.abs(x), axis=axis, keepdims=True) + EPS
-    out = scale * jnp.sqrt(jnp.mean(jnp.square(x / scale), axis=axis, keepdims=True))
+    scale = _rescale(jnp.max(jnp.abs(x), axis=axis, keepdims=True))
+    out = scale * sqrt0(jnp.mean(jnp.square(x / scale), axis=axis, keepdims=True))
     return out if keepdims else jnp.squeeze(out, axis=axis)
 
 
@@ -112,7 +147,7 @@ def loss_features(stats: LossStats, value, valid_value=None):
     value = jnp.where(ok, value, 0.0)
     first = stats.count == 0
     mean = jnp.where(first, value, stats.mean)
-    std = jnp.sqrt(stats.var) + 1e-8 * (1.0 + jnp.abs(mean))
+    std = sqrt0(stats.var) + 1e-8 * (1.0 + jnp.abs(mean))
     z = jnp.where(first | ~ok, 0.0, jnp.clip((value - mean) / std, -5.0, 5.0))
     if valid_value is None:
         zv, has_valid = jnp.zeros(()), jnp.zeros(())

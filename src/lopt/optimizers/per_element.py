@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lopt.optimizers.features import DECAYS, EPS, rms
+from lopt.optimizers.features import DECAYS, EPS, ratio_rsqrt, rms, sqrt0
 from lopt.optimizers.nets import per_element_mlp
 
 #: Elements per chunk: a [32, CHUNK] float32 activation is 1 MiB.
@@ -49,7 +49,7 @@ def _derived(p, m, v):
     """The bounded channels: log|parameter|, momenta / sqrt(second moments) (at most 1 in
     magnitude) and rsqrt(second moments) (at most 1e8)."""
     vs = v + EPS
-    return jnp.log(jnp.abs(p) + 1e-8), m * jax.lax.rsqrt(vs), jax.lax.rsqrt(vs + 1e-16)
+    return jnp.log(jnp.abs(p) + 1e-8), ratio_rsqrt(m, vs), jax.lax.rsqrt(vs + 1e-16)
 
 
 def _channels(raw):
@@ -71,7 +71,7 @@ def channel_scales(raw) -> jax.Array:
     by the underflowed RMS would turn rounding residue into features of 1e11.
     """
     g, p, m, v = _split(rms(raw, axis=1))
-    logp, mr, r = (jnp.maximum(jnp.sqrt(jnp.mean(jnp.square(c), axis=1)), DERIVED_FLOOR)
+    logp, mr, r = (jnp.maximum(sqrt0(jnp.mean(jnp.square(c), axis=1)), DERIVED_FLOOR)
                    for c in _derived(*_split(raw)[1:]))
     return jnp.concatenate([g, p, logp, m, mr, v, r]) + 1e-30
 
