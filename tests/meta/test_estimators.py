@@ -123,6 +123,23 @@ def test_tbptt_clips_each_particles_gradient():
     assert float(g["log_lr"]) == pytest.approx((g_small + 0.5 * np.sign(g_large)) / 2, rel=1e-5)
 
 
+def test_tbptt_drops_particles_whose_gradient_is_not_finite():
+    theta = {"log_lr": jnp.log(0.3)}
+
+    def diverging(thetas, states):  # the second particle's unroll blows up
+        w, meta, done = unroll_fn(thetas, states)
+        bad = jnp.arange(len(meta)) == 1
+        return w, meta * jnp.where(bad, jnp.inf, 1.0), done
+
+    state = init_estimator_state(jnp.stack([W0, W0]), theta)
+    g, _, _ = estimate("tbptt", diverging, reset_fn, theta, state, jax.random.key(0),
+                       sigma=0.01, max_norm=np.inf)
+    g1, _, _ = estimate("tbptt", unroll_fn, reset_fn, theta,
+                        init_estimator_state(W0[None], theta), jax.random.key(0), sigma=0.01,
+                        max_norm=np.inf)
+    assert float(g["log_lr"]) == pytest.approx(float(g1["log_lr"]) / 2, rel=1e-5)
+
+
 def test_tbptt_over_truncations_has_the_truncation_bias_of_es(theta):
     true = float(jax.grad(full_objective)(theta)["log_lr"])
     tbptt = float(_horizon_estimate("tbptt", theta, 1, jax.random.key(1))["log_lr"])

@@ -69,8 +69,7 @@ def estimate(kind: str, unroll_fn: Callable, reset_fn: Callable, theta, state: E
         lambda a: jnp.tensordot(diff, a, axes=1) / (2 * sigma**2 * n), acc)
     pair_done = done[:n] | done[n:]
     states = reset_fn(states, jnp.concatenate([pair_done, pair_done]))
-    acc = jax.tree_util.tree_map(
-        lambda a: jnp.where(pair_done.reshape((-1,) + (1,) * (a.ndim - 1)), 0.0, a), acc)
+    acc = jax.tree_util.tree_map(lambda a: jnp.where(_rows(pair_done, a), 0.0, a), acc)
     return grad, EstimatorState(states, acc), jnp.mean(meta)
 
 
@@ -80,6 +79,8 @@ def _backprop(unroll_fn, reset_fn, theta, state: EstimatorState, n: int, max_nor
     Each particle's gradient is clipped to global norm ``max_norm`` before they are averaged:
     an unroll near the edge of stability has gradients thousands of times larger than the
     rest (they explode with the truncation length), and would otherwise decide the step alone.
+    A particle whose gradient is not finite (its run diverged: the frozen state's derivative
+    is NaN) counts as zero, so it does not cost the other particles their estimate.
     """
     first = jax.tree_util.tree_map(lambda a: a[:n], state.states)
     thetas = jax.tree_util.tree_map(lambda t: jnp.broadcast_to(t, (n, *t.shape)), theta)
@@ -92,10 +93,17 @@ def _backprop(unroll_fn, reset_fn, theta, state: EstimatorState, n: int, max_nor
     per_particle, (states, meta, done) = jax.grad(total, has_aux=True)(thetas)
     leaves = jax.tree_util.tree_leaves(per_particle)
     norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.reshape(n, -1)), axis=1) for g in leaves))
-    weight = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30)) / n
-    grad = jax.tree_util.tree_map(lambda g: jnp.tensordot(weight, g, axes=1), per_particle)
+    finite = jnp.isfinite(norm)
+    weight = jnp.where(finite, jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30)), 0.0) / n
+    grad = jax.tree_util.tree_map(
+        lambda g: jnp.tensordot(weight, jnp.where(_rows(finite, g), g, 0.0), axes=1),
+        per_particle)
     both = jax.tree_util.tree_map(lambda a: jnp.concatenate([a, a]), states)
     both = reset_fn(both, jnp.concatenate([done, done]))
     # No perturbation was applied: a later PES phase starts its accumulators afresh.
     acc = jax.tree_util.tree_map(jnp.zeros_like, state.acc)
     return grad, EstimatorState(both, acc), jnp.mean(meta)
+
+
+def _rows(mask, a):
+    return mask.reshape((-1,) + (1,) * (a.ndim - 1))
