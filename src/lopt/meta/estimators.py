@@ -1,7 +1,7 @@
 """Gradient estimators for truncated unrolls: antithetic ES, Persistent ES (PES) and truncated
 backpropagation (TBPTT).
 
-Both work on any unroll, given as two functions over a batch of particles:
+All three work on any unroll, given as two functions over a batch of particles:
 
 * ``unroll_fn(thetas, states) -> (states, meta_loss [n], done [n])`` advances every particle one
   truncation with its own meta-parameters (``thetas`` has a leading particle axis);
