@@ -98,8 +98,9 @@ def _backprop(unroll_fn, reset_fn, theta, state: EstimatorState, n: int, max_nor
     grad = jax.tree_util.tree_map(
         lambda g: jnp.tensordot(weight, jnp.where(_rows(finite, g), g, 0.0), axes=1),
         per_particle)
+    # A reset depends only on the state it replaces, so the copies are reset once, then mirrored.
+    states = reset_fn(states, done)
     both = jax.tree_util.tree_map(lambda a: jnp.concatenate([a, a]), states)
-    both = reset_fn(both, jnp.concatenate([done, done]))
     # No perturbation was applied: a later PES phase starts its accumulators afresh.
     acc = jax.tree_util.tree_map(jnp.zeros_like, state.acc)
     return grad, EstimatorState(both, acc), jnp.mean(meta)
