@@ -108,6 +108,7 @@ def test_diverging_tasks_do_not_put_nan_into_theta(tmp_path):
     ("families", ["nope"], "family 'nope' is unknown"),
     ("optimizer", "lion", "optimizer 'lion' is unknown"),
     ("pairs", 0, "pairs must be a positive integer"),
+    ("train_only_fraction", 1.5, r"train_only_fraction must be in \[0, 1\]"),
 ])
 def test_bad_config_values_fail_before_compute(field, value, match):
     with pytest.raises(ValueError, match=match):

@@ -37,6 +37,9 @@ class MetaTrainConfig:
     min_length: int = 100
     objective: str = "outer_valid"
     loss_clip: float = 2.0  # normalised meta-loss is clipped to [-clip, clip]
+    # Share of inner runs given the training loss alone (no validation loss), so that the
+    # optimizer also learns to work as most optax users call it.
+    train_only_fraction: float = 0.0
     outer_lr: float = 3e-4
     outer_clip: float = 0.1
     outer_steps: int = 1000
@@ -117,4 +120,6 @@ class MetaTrainConfig:
                  f"{name} ({getattr(self, name)}) is longer than the horizon ({self.horizon})")
         need(self.outer_lr > 0, f"outer_lr must be positive, got {self.outer_lr}")
         need(self.outer_clip > 0, f"outer_clip must be positive, got {self.outer_clip}")
+        need(0 <= self.train_only_fraction <= 1,
+             f"train_only_fraction must be in [0, 1], got {self.train_only_fraction}")
         need(self.loss_clip > 0, f"loss_clip must be positive, got {self.loss_clip}")

@@ -190,7 +190,8 @@ class MetaTrainer:
         return UnrollConfig(
             estimator=c.warmup_estimator if warm else c.estimator, sigma=c.sigma,
             truncation=c.warmup_truncation if warm else c.truncation, horizon=c.horizon,
-            min_length=c.min_length, objective=c.objective, clip=c.loss_clip)
+            min_length=c.min_length, objective=c.objective, clip=c.loss_clip,
+            train_only_fraction=c.train_only_fraction)
 
     # -- checkpoints ------------------------------------------------------------------------
 

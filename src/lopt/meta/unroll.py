@@ -80,8 +80,12 @@ def normalised(pool: Pool, task, loss, *, clip: float):
 
 def unroll(pool: Pool, make_opt, state: InnerState, num_steps: int, *,
            objective: str = "outer_valid", valid_every: int = 10, clip: float = 2.0,
-           remat: bool = False):
+           train_only_fraction: float = 0.0, remat: bool = False):
     """Unrolls one particle ``num_steps`` inner steps with the optimizer ``make_opt()``.
+
+    A share ``train_only_fraction`` of runs (drawn per run from its key, so a run keeps its
+    kind across truncations) gets the training loss alone, as most optax users call an
+    optimizer; the others get a validation loss every ``valid_every`` steps.
 
     ``remat`` recomputes each step's intermediates when differentiating (TBPTT), keeping only
     the inner states between steps: the per-element network's activations of every step
@@ -110,8 +114,11 @@ def unroll(pool: Pool, make_opt, state: InnerState, num_steps: int, *,
             lambda: spec.loss(hp, state.params, sample_split(spec, hp, data, "valid", k_v),
                               k_l),
             lambda: state.valid_loss)
+        fed = vloss
+        if train_only_fraction > 0:  # a NaN validation loss reads as none (``loss_features``)
+            fed = jnp.where(feeds_valid(state.key, train_only_fraction), vloss, jnp.nan)
         updates, opt_state = opt.update(grads, state.opt_state, state.params, value=loss,
-                                        valid_loss=vloss)
+                                        valid_loss=fed)
         params = jax.tree_util.tree_map(lambda p, u: p + u.astype(p.dtype), state.params, updates)
         if objective == "outer_valid":
             meta = spec.loss(hp, params, sample_split(spec, hp, data, "outer_valid", k_o), k_l)
@@ -130,6 +137,12 @@ def unroll(pool: Pool, make_opt, state: InnerState, num_steps: int, *,
     (state, dead), (meta, train) = jax.lax.scan(step, (state, jnp.array(False)),
                                                 jnp.arange(num_steps))
     return state, meta, train, dead | (state.step >= state.length)
+
+
+def feeds_valid(key, train_only_fraction: float) -> jax.Array:
+    """Whether the run with key ``key`` is fed validation losses (see ``unroll``)."""
+    draw = jax.random.uniform(jax.random.fold_in(key, 0x5EED))
+    return draw >= train_only_fraction
 
 
 def reset(pool: Pool, make_opt, state: InnerState, done, *, min_length: int, horizon: int):

@@ -37,6 +37,7 @@ class UnrollConfig:
     objective: str = "outer_valid"
     clip: float = 2.0
     valid_every: int = 10
+    train_only_fraction: float = 0.0
 
 
 class Estimate(NamedTuple):
@@ -197,7 +198,7 @@ def _estimate_program(learned, config: UnrollConfig, compiler_options=COMPILER_O
                 s, meta, _, done = U.unroll(
                     pool, lambda: learned.optimizer(th), s, config.truncation,
                     objective=config.objective, valid_every=config.valid_every, clip=config.clip,
-                    remat=config.estimator == "tbptt")
+                    train_only_fraction=config.train_only_fraction, remat=config.estimator == "tbptt")
                 return s, jnp.mean(meta), done
             return jax.vmap(one)(thetas, states)
 
