@@ -12,16 +12,22 @@ from lopt.meta.worker import build_pools
 from lopt.optimizers import LearnedAdam, PerParameterMLP
 
 
-def test_remat_gives_the_same_meta_gradient():
+def _regression_run(learned):
+    """A pool of two regression tasks, initial ``theta`` of ``learned`` and a fresh run."""
     config = MetaTrainConfig.from_dict(dict(
         families=["regression"], num_pools=1, max_tasks_per_pool=2, truncation=10, horizon=100,
         min_length=20))
     tasks = select_tasks(config, step=0)[0]
     pool, _ = build_pools(tasks, {t.id: (2.0, 0.0) for t in tasks}, 1)[0]
-    learned = LearnedAdam()
     theta = learned.init(jax.random.key(0))
     state = U.new_run(pool, lambda: learned.optimizer(theta), jax.random.key(1), min_length=20,
                       horizon=100)
+    return pool, theta, state
+
+
+def test_remat_gives_the_same_meta_gradient():
+    learned = LearnedAdam()
+    pool, theta, state = _regression_run(learned)
 
     def meta_loss(th, remat):
         _, meta, _, _ = U.unroll(pool, lambda: learned.optimizer(th), state, 10, remat=remat)
@@ -44,15 +50,8 @@ def test_feeds_valid_draws_the_share_of_train_only_runs_per_run():
 
 
 def test_train_only_runs_get_no_validation_loss():
-    config = MetaTrainConfig.from_dict(dict(
-        families=["regression"], num_pools=1, max_tasks_per_pool=2, truncation=10, horizon=100,
-        min_length=20))
-    tasks = select_tasks(config, step=0)[0]
-    pool, _ = build_pools(tasks, {t.id: (2.0, 0.0) for t in tasks}, 1)[0]
     learned = PerParameterMLP()
-    theta = learned.init(jax.random.key(0))
-    state = U.new_run(pool, lambda: learned.optimizer(theta), jax.random.key(1), min_length=20,
-                      horizon=100)
+    pool, theta, state = _regression_run(learned)
 
     def without_valid():
         opt = learned.optimizer(theta)
