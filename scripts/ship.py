@@ -46,6 +46,7 @@ def provenance(run: Path, outer_steps: int) -> dict:
                                           "warmup_truncation")},
         "pools": {k: config[k] for k in ("num_pools", "pairs", "rotate_every")},
         "normalise": config["normalise"], "objective": config["objective"],
+        "train_only_fraction": config.get("train_only_fraction", 0.0),
         "truncation": config["truncation"], "horizon": config["horizon"],
         "outer_lr": config["outer_lr"], "seed": config["seed"],
         "outer_steps": outer_steps,
