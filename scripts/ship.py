@@ -1,10 +1,11 @@
 """Ships meta-trained weights as a lopt.pretrained optimizer, choosing among candidate runs on
 the held-out *selection* subset (never the test subset, which only the final report sees).
 
-    python scripts/ship.py meta_runs/hierarchical-a [meta_runs/hierarchical-b ...] \
+    python scripts/ship.py meta_runs/hierarchical-a [meta_runs/hierarchical-b SOUP.safetensors ...] \
         --name hierarchical [--per-family 1] [--steps 2000] [--jobs 2] [--no-select]
 
-Each candidate's latest ``theta.safetensors`` is benchmarked on a sample of the selection subset
+Each candidate (a run's latest ``theta.safetensors``, or a weights file such as a soup of runs
+from ``scripts/soup.py``) is benchmarked on a sample of the selection subset
 (both modes); the one with the lowest mean normalised loss is written to
 ``src/lopt/pretrained/NAME.safetensors`` with a model card recording how it was made.
 """
@@ -72,12 +73,26 @@ def _parent(init_weights: str | None) -> dict:
     return {"started_from": {"weights": init_weights, **parent}}
 
 
+def _weights(candidate: Path) -> Path:
+    """A candidate's weights: a run folder's latest, or a weights file (``scripts/soup.py``)."""
+    return candidate if candidate.suffix == ".safetensors" else candidate / "theta.safetensors"
+
+
+def _provenance(candidate: Path, card: dict) -> dict:
+    if candidate.suffix != ".safetensors":
+        return provenance(candidate, int(card["provenance"]["outer_steps"]))
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    return {"weights": str(candidate), "task_set_version": TASK_SET_VERSION,
+            **card.get("provenance", {}), "commit": commit}
+
+
 def selection_score(run: Path, per_family: int, steps: int) -> dict:
     """Benchmarks ``run``'s latest weights on the selection sample (both modes)."""
     enable_compilation_cache()
     tasks = sample_tasks("held_out", per_family, subset="selection")
     store = BaselineStore(num_steps=steps, fallback=BASELINES)
-    theta, learned, _ = load(run / "theta.safetensors")
+    theta, learned, _ = load(_weights(run))
     res = benchmark(tasks, learned, theta, num_steps=steps, store=store, progress=False)
     return {"selection_tasks": len(tasks), "selection_steps": steps,
             "selection_score": float(np.mean([m["summary"]["mean_normalised"]
@@ -112,8 +127,8 @@ def main() -> None:
     elif len(args.runs) != 1:
         raise SystemExit("--no-select ships exactly one run")
     best = min(args.runs, key=lambda r: scores[r]["selection_score"]) if scores else args.runs[0]
-    theta, learned, card = load(best / "theta.safetensors")
-    prov = {**provenance(best, int(card["provenance"]["outer_steps"])), **scores.get(best, {"selection_score": None}),
+    theta, learned, card = load(_weights(best))
+    prov = {**_provenance(best, card), **scores.get(best, {"selection_score": None}),
             "candidates": {str(r): s["selection_score"] for r, s in scores.items()}}
     out = FOLDER / f"{args.name}.safetensors"
     save(out, theta, learned, provenance=prov)
