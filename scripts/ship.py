@@ -38,8 +38,6 @@ def provenance(run: Path, outer_steps: int) -> dict:
             if line.strip()]
     rows = [r for r in rows if r["step"] <= outer_steps]
     last = rows[-1] if rows else {}
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
     return {
         "run": run.name, "task_set_version": TASK_SET_VERSION, "families": config["families"],
         "estimator": config["estimator"], "sigma": config["sigma"],
@@ -54,9 +52,14 @@ def provenance(run: Path, outer_steps: int) -> dict:
         "inner_steps": int(sum(r.get("inner_steps", 0) for r in rows)),
         "wall_time_s": round(last.get("wall_time", 0.0)),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, one core per run",
-        "commit": commit,
+        "commit": _commit(),
         **_parent(config.get("init_weights")),
     }
+
+
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent).stdout.strip()
 
 
 def _parent(init_weights: str | None) -> dict:
@@ -81,10 +84,8 @@ def _weights(candidate: Path) -> Path:
 def _provenance(candidate: Path, card: dict) -> dict:
     if candidate.suffix != ".safetensors":
         return provenance(candidate, int(card["provenance"]["outer_steps"]))
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
     return {"weights": str(candidate), "task_set_version": TASK_SET_VERSION,
-            **card.get("provenance", {}), "commit": commit}
+            **card.get("provenance", {}), "commit": _commit()}
 
 
 def selection_score(run: Path, per_family: int, steps: int) -> dict:
