@@ -183,15 +183,15 @@ def _write(out: Path, rows: list, steps: int, seconds: float, weights: list) -> 
              "|---|---|---|---|---|"]
     lines += [f"| {r['problem']} | {r['optimizer']} | {fmt(r['mean_train_loss'])} | "
               f"{fmt(r['final_train_loss'])} | {fmt(r['test_loss'])} |" for r in rows]
+    problems = sorted({r["problem"] for r in rows})
     lines += ["", "Mean train loss over that of the best of the four Adam rates for each problem "
               "(below 1: the learned optimizer is better; the geometric mean last):", "",
-              "| optimizer | " + " | ".join(sorted({r["problem"] for r in rows})) + " | geo. mean |",
-              "|---|" + "---|" * (len({r["problem"] for r in rows}) + 1)]
+              "| optimizer | " + " | ".join(problems) + " | geo. mean |",
+              "|---|" + "---|" * (len(problems) + 1)]
     for label, ratios in _ratios_to_best_adam(rows).items():
         geo = np.exp(np.mean(np.log(list(ratios.values())))) if ratios else float("nan")
         lines.append(f"| {label} | " + " | ".join(f"{ratios[k]:.2f}" if k in ratios else "diverged"
-                                                  for k in sorted({r["problem"] for r in rows}))
-                     + f" | {geo:.2f} |")
+                                                  for k in problems) + f" | {geo:.2f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

@@ -98,6 +98,8 @@ def unroll(pool: Pool, make_opt, state: InnerState, num_steps: int, *,
     spec = pool.spec
     opt = make_opt()
     data = pool.task_data(state.task)
+    # the run's key, hence its kind, is the same at every step of the unroll
+    fed_valid = feeds_valid(state.key, train_only_fraction) if train_only_fraction > 0 else None
 
     def step(carry, i):
         state, dead = carry
@@ -116,7 +118,7 @@ def unroll(pool: Pool, make_opt, state: InnerState, num_steps: int, *,
             lambda: state.valid_loss)
         fed = vloss
         if train_only_fraction > 0:  # a NaN validation loss reads as none (``loss_features``)
-            fed = jnp.where(feeds_valid(state.key, train_only_fraction), vloss, jnp.nan)
+            fed = jnp.where(fed_valid, vloss, jnp.nan)
         updates, opt_state = opt.update(grads, state.opt_state, state.params, value=loss,
                                         valid_loss=fed)
         params = jax.tree_util.tree_map(lambda p, u: p + u.astype(p.dtype), state.params, updates)
