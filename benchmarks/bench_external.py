@@ -7,8 +7,9 @@ majority-token sequence task. Each trains for ``--steps`` steps with every weigh
 (``lopt.optimizer(weights=...)``, fed the training loss alone, and the validation loss every
 10 steps as well) and with Adam at four learning rates.
 
-Run: python benchmarks/bench_external.py [--weights A.safetensors B.safetensors ...]
-(default: the shipped optimizer; writes benchmarks/results/external.{json,md})
+Run: python benchmarks/bench_external.py [--weights A.safetensors LABEL=B.safetensors ...]
+(default: the shipped optimizer; a file's label is its stem unless given; writes
+benchmarks/results/external.{json,md})
 """
 
 from __future__ import annotations
@@ -140,12 +141,13 @@ def train(model, data, loss_fn, opt, steps: int, *, valid_every: int | None, see
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--weights", nargs="*", default=[], help="weights files (default: shipped)")
+    p.add_argument("--weights", nargs="*", default=[],
+                   help="weights files, optionally LABEL=FILE (default: the shipped one)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--out", type=Path, default=RESULTS / "external")
     args = p.parse_args()
-    learned = {Path(w).stem: lopt.optimizer(weights=w) for w in args.weights} or \
-        {"shipped": lopt.optimizer()}
+    learned = {label: lopt.optimizer(weights=w) for label, w in map(_labelled, args.weights)} \
+        or {"shipped": lopt.optimizer()}
     rows, start = [], time.time()
     for name, (model, data, loss_fn) in problems().items():
         runs = {f"adam {lr:g}": (optax.adam(lr), None) for lr in ADAM_LRS}
@@ -161,6 +163,12 @@ def main() -> None:
                          "test_loss": test if finite else None})
             print(rows[-1], flush=True)
     _write(args.out, rows, args.steps, time.time() - start, args.weights)
+
+
+def _labelled(arg: str) -> tuple[str, str]:
+    """``(label, file)`` of a ``--weights`` argument: ``LABEL=FILE`` or ``FILE`` (its stem)."""
+    label, sep, path = arg.rpartition("=")
+    return (label, path) if sep else (Path(path).stem, path)
 
 
 def rewrite(path: Path) -> None:
