@@ -53,6 +53,23 @@ def test_resume_gives_identical_theta(tmp_path):
         meta_train(config, tmp_path / "b", progress=False)
 
 
+def test_snapshots_keep_theta_at_every_multiple_of_snapshot_every(tmp_path):
+    from lopt.weights import load
+
+    config = _config(outer_steps=4, checkpoint_every=4, snapshot_every=2)
+    final = MetaTrainer(config, tmp_path / "a", progress=False).run()
+    early = MetaTrainer(config, tmp_path / "b", progress=False).run(until=2)
+    snaps = sorted(p.name for p in (tmp_path / "a" / "snapshots").iterdir())
+    assert snaps == ["step2.safetensors", "step4.safetensors"]
+    for step, learner in ((2, early), (4, final)):
+        theta, _, card = load(tmp_path / "a" / "snapshots" / f"step{step}.safetensors")
+        assert card["provenance"]["outer_steps"] == step
+        for a, b in zip(jax.tree_util.tree_leaves(theta),
+                        jax.tree_util.tree_leaves(learner.theta)):
+            np.testing.assert_array_equal(a, b)
+    assert not (tmp_path / "b" / "snapshots" / "step4.safetensors").exists()
+
+
 def test_pools_rotate_over_buckets_and_resume_exactly(tmp_path):
     config = _config(families=["quadratic", "test_function"], num_pools=2, rotate_every=4,
                      outer_steps=8, checkpoint_every=3, pairs=2)
@@ -109,6 +126,7 @@ def test_diverging_tasks_do_not_put_nan_into_theta(tmp_path):
     ("optimizer", "lion", "optimizer 'lion' is unknown"),
     ("pairs", 0, "pairs must be a positive integer"),
     ("train_only_fraction", 1.5, r"train_only_fraction must be in \[0, 1\]"),
+    ("snapshot_every", -1, "snapshot_every must be an integer >= 0"),
 ])
 def test_bad_config_values_fail_before_compute(field, value, match):
     with pytest.raises(ValueError, match=match):

@@ -52,6 +52,9 @@ class MetaTrainConfig:
     store: str | None = None  # baseline store folder (default: $LOPT_STORE or ~/.cache)
     fill_baselines: bool = False  # run missing tuned-Adam baselines before meta-training
     checkpoint_every: int = 25
+    # Keep theta at every multiple of this many steps in snapshots/stepN.safetensors (0: off),
+    # for averaging checkpoints (scripts/soup.py) and for choosing among them later.
+    snapshot_every: int = 0
     eval_every: int = 100
     eval_tasks: int = 4
     eval_steps: int = 500
@@ -114,6 +117,8 @@ class MetaTrainConfig:
                  f"{name} must be a positive integer, got {value!r}")
         need(isinstance(self.rotate_every, int) and self.rotate_every >= 0,
              f"rotate_every must be an integer >= 0, got {self.rotate_every!r}")
+        need(isinstance(self.snapshot_every, int) and self.snapshot_every >= 0,
+             f"snapshot_every must be an integer >= 0, got {self.snapshot_every!r}")
         need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
         for name in ("truncation", "warmup_truncation", "min_length"):
             need(getattr(self, name) <= self.horizon,

@@ -2,7 +2,7 @@
 
 A run folder holds ``config.json``, ``metrics.jsonl`` (one JSON object per outer step, appended
 and flushed), ``checkpoint.npz`` (atomic) and ``theta.safetensors`` (the latest weights, a
-normal lopt weights file). ``meta_train(config, run_dir)`` starts a run; ``resume(run_dir)``
+normal lopt weights file), and with ``snapshot_every`` ``snapshots/stepN.safetensors``. ``meta_train(config, run_dir)`` starts a run; ``resume(run_dir)``
 continues one from its last checkpoint.
 """
 
@@ -199,12 +199,16 @@ class MetaTrainer:
         return {"learner": self.learner.state_dict(), "worker": self.worker.state_dict()}
 
     def save(self) -> None:
-        from lopt.weights import save
-
         meta = {"step": self.step, "wall": self.wall}
         save_checkpoint(self.run_dir / LEARNER_CHECKPOINT, self.learner.state_dict(), meta)
         save_checkpoint(self.run_dir / CHECKPOINT, self._state(), meta)
-        save(self.run_dir / "theta.safetensors", self.learner.theta, self.learned,
+        self.save_theta(self.run_dir / "theta.safetensors")
+
+    def save_theta(self, path: Path) -> None:
+        """Writes the current theta as a lopt weights file whose card records the step."""
+        from lopt.weights import save
+
+        save(path, self.learner.theta, self.learned,
              provenance={"outer_steps": self.step, "config": json.loads(self.config.to_json())})
 
     def restore(self) -> None:
@@ -255,6 +259,8 @@ class MetaTrainer:
                 bar.update(job, completed=self.step, loss=record["meta_loss"])
                 if self.step % self.config.checkpoint_every == 0 or self.step == until:
                     self.save()
+                if self.config.snapshot_every and self.step % self.config.snapshot_every == 0:
+                    self.save_theta(self.run_dir / "snapshots" / f"step{self.step}.safetensors")
         return self.learner
 
     # -- periodic evaluation ----------------------------------------------------------------
