@@ -1,9 +1,10 @@
 """The meta-training loop: workers estimate, the learner applies; checkpoints, metrics, evals.
 
 A run folder holds ``config.json``, ``metrics.jsonl`` (one JSON object per outer step, appended
-and flushed), ``checkpoint.npz`` (atomic) and ``theta.safetensors`` (the latest weights, a
-normal lopt weights file), and with ``snapshot_every`` ``snapshots/stepN.safetensors``. ``meta_train(config, run_dir)`` starts a run; ``resume(run_dir)``
-continues one from its last checkpoint.
+and flushed), ``checkpoint.npz`` (atomic), ``theta.safetensors`` (the latest weights, a normal
+lopt weights file) and, with ``snapshot_every``, ``snapshots/stepN.safetensors``.
+``meta_train(config, run_dir)`` starts a run; ``resume(run_dir)`` continues one from its last
+checkpoint.
 """
 
 from __future__ import annotations
