@@ -68,12 +68,28 @@ def _parent(init_weights: str | None) -> dict:
         return {}
     _, _, card = load(init_weights)
     outer_steps = int(card.get("provenance", {}).get("outer_steps", 0))
-    run = next((d for d in Path(init_weights).parents if (d / "metrics.jsonl").exists()), None)
+    run = run_of(init_weights)
     if run is None:
         return {"started_from": {"weights": init_weights, "outer_steps": outer_steps}}
     parent = {k: v for k, v in provenance(run, outer_steps).items()
               if k not in ("commit", "machine")}
     return {"started_from": {"weights": init_weights, **parent}}
+
+
+def run_of(weights) -> Path | None:
+    """The run folder a weights file lies in (a run's ``theta.safetensors`` or a snapshot)."""
+    return next((d for d in Path(weights).resolve().parents if (d / "metrics.jsonl").exists()),
+                None)
+
+
+def weights_provenance(weights, card: dict) -> dict:
+    """How a weights file was made: from its run's metrics when it lies in a run folder (its
+    own card records little more than the step), else its card's."""
+    prov = card.get("provenance", {})
+    run = run_of(weights)
+    if run is None or "outer_steps" not in prov:
+        return prov
+    return {k: v for k, v in provenance(run, int(prov["outer_steps"])).items() if k != "commit"}
 
 
 def _weights(candidate: Path) -> Path:
@@ -85,7 +101,7 @@ def _provenance(candidate: Path, card: dict) -> dict:
     if candidate.suffix != ".safetensors":
         return provenance(candidate, int(card["provenance"]["outer_steps"]))
     return {"weights": str(candidate), "task_set_version": TASK_SET_VERSION,
-            **card.get("provenance", {}), "commit": _commit()}
+            **weights_provenance(candidate, card), "commit": _commit()}
 
 
 def selection_score(run: Path, per_family: int, steps: int) -> dict:

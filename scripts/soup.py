@@ -19,7 +19,7 @@ import jax
 from lopt.weights import load, save
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ship import provenance as run_provenance  # noqa: E402
+from ship import weights_provenance  # noqa: E402
 
 
 def soup(paths: list[Path], coefficients: list[float]):
@@ -36,22 +36,11 @@ def soup(paths: list[Path], coefficients: list[float]):
                              "config can be averaged")
     theta = jax.tree_util.tree_map(lambda *xs: sum(c * x for c, x in zip(coefficients, xs)),
                                    *[t for t, _, _ in loaded])
-    cards = [_provenance(p, card) for p, (_, _, card) in zip(paths, loaded)]
+    cards = [weights_provenance(p, card) for p, (_, _, card) in zip(paths, loaded)]
     provenance = {**_cost(cards),
                   "soup": [{"weights": str(p), "coefficient": c, **prov}
                            for p, c, prov in zip(paths, coefficients, cards)]}
     return theta, learned, provenance
-
-
-def _provenance(path: Path, card: dict) -> dict:
-    """An ingredient's provenance: from its run's metrics when it lies in a run folder (a
-    snapshot's own card holds little), else its card's."""
-    prov = card.get("provenance", {})
-    run = next((d for d in Path(path).resolve().parents if (d / "metrics.jsonl").exists()), None)
-    if run is None or "outer_steps" not in prov:
-        return prov
-    return {k: v for k, v in run_provenance(run, int(prov["outer_steps"])).items()
-            if k != "commit"}
 
 
 def _lineage(prov: dict):
