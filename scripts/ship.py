@@ -67,10 +67,11 @@ def _parent(init_weights: str | None) -> dict:
     if not init_weights:
         return {}
     _, _, card = load(init_weights)
-    outer_steps = int(card.get("provenance", {}).get("outer_steps", 0))
+    prov = card.get("provenance", {})
     run = run_of(init_weights)
-    if run is None:
-        return {"started_from": {"weights": init_weights, "outer_steps": outer_steps}}
+    if run is None:  # e.g. a soup: its card holds the lineage of its ingredients
+        return {"started_from": {"weights": init_weights, **prov}}
+    outer_steps = int(prov.get("outer_steps", 0))
     parent = {k: v for k, v in provenance(run, outer_steps).items()
               if k not in ("commit", "machine")}
     return {"started_from": {"weights": init_weights, **parent}}
@@ -92,16 +93,51 @@ def weights_provenance(weights, card: dict) -> dict:
     return {k: v for k, v in provenance(run, int(prov["outer_steps"])).items() if k != "commit"}
 
 
+def lineage(prov: dict):
+    """The provenances of every run segment behind a card: the run itself, the runs it was
+    warm-started from, and for a soup its ingredients' (a soup is not a segment itself)."""
+    while prov:
+        if "soup" in prov:
+            for ingredient in prov["soup"]:
+                yield from lineage(ingredient)
+        else:
+            yield prov
+        prov = prov.get("started_from", {})
+
+
+def lineage_cost(cards: list[dict]) -> dict:
+    """What making weights with these provenances cost: each run counted once, up to the
+    furthest step any of them used (a checkpoint's cost includes that of the run it continued)."""
+    runs: dict = {}
+    for card in cards:
+        for prov in lineage(card):
+            key = prov.get("run", id(prov))
+            runs[key] = max(runs.get(key, prov), prov, key=lambda p: p.get("outer_steps", 0))
+    segments = list(runs.values())
+    out = {k: sum(p.get(k, 0) for p in segments)
+           for k in ("outer_steps", "inner_steps", "wall_time_s")}
+    out["estimator"] = "+".join(dict.fromkeys(p["estimator"] for p in segments
+                                              if "estimator" in p))
+    machine = next((c["machine"] for c in cards if "machine" in c), None)
+    return {**out, **({"machine": machine} if machine else {})}
+
+
 def _weights(candidate: Path) -> Path:
     """A candidate's weights: a run folder's latest, or a weights file (``scripts/soup.py``)."""
     return candidate if candidate.suffix == ".safetensors" else candidate / "theta.safetensors"
 
 
 def _provenance(candidate: Path, card: dict) -> dict:
+    """The shipped card's provenance; a warm-started run's also gives its whole lineage's cost
+    (``total``), as a soup's top level does."""
     if candidate.suffix != ".safetensors":
-        return provenance(candidate, int(card["provenance"]["outer_steps"]))
-    return {"weights": str(candidate), "task_set_version": TASK_SET_VERSION,
-            **weights_provenance(candidate, card), "commit": _commit()}
+        prov = provenance(candidate, int(card["provenance"]["outer_steps"]))
+    else:
+        prov = {"weights": str(candidate), "task_set_version": TASK_SET_VERSION,
+                **weights_provenance(candidate, card), "commit": _commit()}
+    if "started_from" in prov:
+        prov["total"] = lineage_cost([prov])
+    return prov
 
 
 def selection_score(run: Path, per_family: int, steps: int) -> dict:

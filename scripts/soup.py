@@ -19,7 +19,7 @@ import jax
 from lopt.weights import load, save
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ship import weights_provenance  # noqa: E402
+from ship import lineage_cost, weights_provenance  # noqa: E402
 
 
 def soup(paths: list[Path], coefficients: list[float]):
@@ -37,34 +37,10 @@ def soup(paths: list[Path], coefficients: list[float]):
     theta = jax.tree_util.tree_map(lambda *xs: sum(c * x for c, x in zip(coefficients, xs)),
                                    *[t for t, _, _ in loaded])
     cards = [weights_provenance(p, card) for p, (_, _, card) in zip(paths, loaded)]
-    provenance = {**_cost(cards),
+    provenance = {**lineage_cost(cards),
                   "soup": [{"weights": str(p), "coefficient": c, **prov}
                            for p, c, prov in zip(paths, coefficients, cards)]}
     return theta, learned, provenance
-
-
-def _lineage(prov: dict):
-    """A card's provenance and those of the runs it was warm-started from."""
-    while prov:
-        yield prov
-        prov = prov.get("started_from", {})
-
-
-def _cost(cards: list[dict]) -> dict:
-    """What making all ingredients cost: each run counted once, up to the furthest step any
-    ingredient used (a checkpoint's cost includes that of the run it continued)."""
-    runs: dict = {}
-    for card in cards:
-        for prov in _lineage(card):
-            key = prov.get("run", id(prov))
-            runs[key] = max(runs.get(key, prov), prov, key=lambda p: p.get("outer_steps", 0))
-    segments = list(runs.values())
-    out = {k: sum(p.get(k, 0) for p in segments)
-           for k in ("outer_steps", "inner_steps", "wall_time_s")}
-    out["estimator"] = "+".join(dict.fromkeys(p["estimator"] for p in segments
-                                              if "estimator" in p))
-    machine = next((c["machine"] for c in cards if "machine" in c), None)
-    return {**out, **({"machine": machine} if machine else {})}
 
 
 def main() -> None:
