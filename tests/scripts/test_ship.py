@@ -1,7 +1,6 @@
 """scripts/ship.py: the cost of a model's whole lineage, soups and warm starts included."""
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import jax
@@ -9,9 +8,8 @@ import jax
 import lopt
 from lopt.optimizers import LearnedAdam
 
-_scripts = Path(__file__).parents[2] / "scripts"
-sys.path.insert(0, str(_scripts))
-_spec = importlib.util.spec_from_file_location("ship", _scripts / "ship.py")
+_spec = importlib.util.spec_from_file_location(
+    "ship", Path(__file__).parents[2] / "scripts" / "ship.py")
 ship = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ship)
 
