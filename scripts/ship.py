@@ -67,13 +67,8 @@ def _parent(init_weights: str | None) -> dict:
     if not init_weights:
         return {}
     _, _, card = load(init_weights)
-    prov = card.get("provenance", {})
-    run = run_of(init_weights)
-    if run is None:  # e.g. a soup: its card holds the lineage of its ingredients
-        return {"started_from": {"weights": init_weights, **prov}}
-    outer_steps = int(prov.get("outer_steps", 0))
-    parent = {k: v for k, v in provenance(run, outer_steps).items()
-              if k not in ("commit", "machine")}
+    # a run's snapshot: from its run's metrics; a soup: its card, with its ingredients' lineage
+    parent = {k: v for k, v in weights_provenance(init_weights, card).items() if k != "machine"}
     return {"started_from": {"weights": init_weights, **parent}}
 
 
