@@ -61,6 +61,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=RESULTS / "step_size")
     args = parser.parse_args(argv)
+    if args.steps <= 500:
+        parser.error("--steps must be above 500 (medians over steps 0-100, 100-500, 500-end)")
+    windows = [(0, 100), (100, 500), (500, args.steps)]
     store = BaselineStore(None, num_steps=args.steps, fallback=BASELINES)
     learned = lopt.optimizer(weights=args.weights) if args.weights else lopt.optimizer()
     rows = []
@@ -70,14 +73,14 @@ def main(argv=None):
         if record is None:
             raise SystemExit(f"no stored baselines for {task_id} at {args.steps} steps")
         lr = record["baselines"]["adam_tuned"]["hparams"]["learning_rate"]
-        runs = {"lopt": trace(task, learned, args.steps), "adam": trace(task, optax.adam(lr),
-                                                                        args.steps)}
-        windows = [(0, 100), (100, 500), (500, args.steps)]
-        rows.append({"task_id": task_id, "adam_lr": lr, **{
-            name: {"update_rms": [_median(r["update_rms"], a, b) for a, b in windows],
-                   "final_loss": _median(r["train_loss"], args.steps - 50, args.steps)}
-            for name, r in runs.items()}, "curves": {
-            name: {k: v[::10].tolist() for k, v in r.items()} for name, r in runs.items()}})
+        runs = {"lopt": trace(task, learned, args.steps),
+                "adam": trace(task, optax.adam(lr), args.steps)}
+        row = {"task_id": task_id, "adam_lr": lr, "curves": {}}
+        for name, r in runs.items():
+            row[name] = {"update_rms": [_median(r["update_rms"], a, b) for a, b in windows],
+                         "final_loss": _median(r["train_loss"], args.steps - 50, args.steps)}
+            row["curves"][name] = {k: v[::10].tolist() for k, v in r.items()}
+        rows.append(row)
         print(task_id, {n: rows[-1][n] for n in runs})
     write(rows, args.out, windows)
 
