@@ -116,10 +116,10 @@ def write(rows, out: Path, windows) -> None:
             axes[0, j].semilogy(steps, c["update_rms"], style, label=label)
             axes[1, j].plot(steps, c["train_loss"], style, label=label)
         axes[0, j].set_title(r["task_id"], fontsize=8)
+        axes[0, j].legend(fontsize=7)
         axes[1, j].set_xlabel("step")
     axes[0, 0].set_ylabel("update RMS")
     axes[1, 0].set_ylabel("training loss")
-    axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=110)
 
