@@ -65,7 +65,7 @@ def main(argv=None):
         parser.error("--steps must be above 500 (medians over steps 0-100, 100-500, 500-end)")
     windows = [(0, 100), (100, 500), (500, args.steps)]
     store = BaselineStore(None, num_steps=args.steps, fallback=BASELINES)
-    learned = lopt.optimizer(weights=args.weights) if args.weights else lopt.optimizer()
+    learned = lopt.optimizer(weights=args.weights)  # None: the shipped default
     rows = []
     for task_id in args.task or TASKS:
         task = get_task(task_id)
