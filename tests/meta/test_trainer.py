@@ -166,3 +166,28 @@ def test_init_weights_starts_from_a_file_and_checks_sizes(tmp_path):
         MetaTrainer(_config(optimizer="hierarchical", optimizer_config={},
                             init_weights=str(tmp_path / "w.safetensors")),
                     tmp_path / "run2", progress=False)
+
+
+def test_init_weights_without_new_inputs_are_grafted_and_can_be_trained_alone(tmp_path):
+    """A file meta-trained without ``alignment`` starts an ``alignment`` run with zero new
+    weights (the same updates), and ``trainable`` then moves only those."""
+    from lopt.optimizers import Hierarchical
+    from lopt.weights import save
+
+    old = Hierarchical()
+    theta = old.init(jax.random.key(3))
+    save(tmp_path / "w.safetensors", theta, old)
+    config = _config(optimizer="hierarchical", optimizer_config={"alignment": True},
+                     init_weights=str(tmp_path / "w.safetensors"), trainable=["align"],
+                     pairs=2, truncation=5, horizon=20, min_length=10, outer_steps=2,
+                     checkpoint_every=2, outer_lr=1e-2)
+    trainer = MetaTrainer(config, tmp_path / "run", progress=False)
+    assert not np.any(np.asarray(trainer.learner.theta["align"]["w"]))
+    learned = trainer.run().theta
+    assert np.any(np.asarray(learned["align"]["w"]))
+    for key in theta:
+        for a, b in zip(jax.tree_util.tree_leaves(theta[key]),
+                        jax.tree_util.tree_leaves(learned[key])):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="trainable"):
+        _config(trainable=[])

@@ -252,6 +252,13 @@ def test_meta_gradient_through_training_is_finite(arch):
     """Backpropagating through training (TBPTT) stays finite with a zero-initialised scalar
     bias and an input column that is always zero (its weights never get a gradient): sqrt and
     m / sqrt(v) at 0, and the rescaling inside rms, have infinite or 0/0 derivatives there."""
+    leaves = [np.asarray(g) for g in jax.tree_util.tree_leaves(_meta_gradient(arch))]
+    assert all(np.isfinite(g).all() for g in leaves)
+    assert sum(float(np.abs(g).sum()) for g in leaves) > 0
+
+
+def _meta_gradient(arch):
+    """The gradient of the mean loss of 8 training steps with respect to theta."""
     x = jax.random.normal(jax.random.key(0), (32, 4)).at[:, 0].set(0.0)
     y = x @ jnp.array([0.0, 1.0, -2.0, 0.5]) + 0.3
     params = {"w": jnp.zeros(4), "b": jnp.zeros(())}
@@ -270,7 +277,34 @@ def test_meta_gradient_through_training_is_finite(arch):
 
         return jnp.mean(jax.lax.scan(step, (params, opt.init(params)), None, length=8)[1])
 
-    grad = jax.jit(jax.grad(meta_loss))(arch.init(jax.random.key(1)))
-    leaves = [np.asarray(g) for g in jax.tree_util.tree_leaves(grad)]
-    assert all(np.isfinite(g).all() for g in leaves)
-    assert sum(float(np.abs(g).sum()) for g in leaves) > 0
+    return jax.jit(jax.grad(meta_loss))(arch.init(jax.random.key(1)))
+
+
+def test_alignment_inputs_start_at_zero_and_then_steer_the_update():
+    """``alignment`` adds zero-initialised input weights: the updates equal those of the same
+    theta without them, until the weights move; and the meta-gradient reaches them."""
+    base = Hierarchical()
+    arch = dataclasses.replace(base, alignment=True)
+    params = _params(jax.random.key(1))
+    grads = [_grads(jax.random.key(i), params) for i in range(3)]
+    theta = base.init(jax.random.key(0))
+    grafted = {**arch.init(jax.random.key(0)), **theta}
+    assert not np.any(np.asarray(grafted["align"]["w"]))
+
+    def run(a, th):
+        state, ups = a.optimizer(th).init(params), []
+        for g in grads:
+            u, state = _update(a, th, g, state, params, 1.0)
+            ups.append(u)
+        return ups
+
+    for u, v in zip(jax.tree_util.tree_leaves(run(base, theta)),
+                    jax.tree_util.tree_leaves(run(arch, grafted))):
+        np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-9)
+    steered = dict(grafted, align={"w": jax.random.normal(jax.random.key(2),
+                                                          grafted["align"]["w"].shape)})
+    last = jax.tree_util.tree_leaves(run(arch, steered)[-1])
+    same = jax.tree_util.tree_leaves(run(arch, grafted)[-1])
+    assert any(not np.allclose(a, b, rtol=1e-3) for a, b in zip(last, same))
+    grad = np.asarray(_meta_gradient(arch)["align"]["w"])
+    assert np.isfinite(grad).all() and np.abs(grad).sum() > 0

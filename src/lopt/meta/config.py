@@ -42,6 +42,9 @@ class MetaTrainConfig:
     train_only_fraction: float = 0.0
     outer_lr: float = 3e-4
     outer_clip: float = 0.1
+    # Top-level theta entries the outer optimizer updates (None: all); the others stay frozen,
+    # e.g. ["align"] to meta-train only inputs added to meta-trained weights.
+    trainable: list | None = None
     outer_steps: int = 1000
     # Phase 1 of the curriculum: short truncations with antithetic ES for the first steps.
     warmup_steps: int = 0
@@ -127,4 +130,7 @@ class MetaTrainConfig:
         need(self.outer_clip > 0, f"outer_clip must be positive, got {self.outer_clip}")
         need(0 <= self.train_only_fraction <= 1,
              f"train_only_fraction must be in [0, 1], got {self.train_only_fraction}")
+        need(self.trainable is None or (isinstance(self.trainable, list) and self.trainable
+                                        and all(isinstance(k, str) for k in self.trainable)),
+             f"trainable must be a non-empty list of theta entries, got {self.trainable!r}")
         need(self.loss_clip > 0, f"loss_clip must be positive, got {self.loss_clip}")

@@ -17,15 +17,29 @@ import optax
 from lopt.meta.worker import Estimate
 
 
-def outer_optimizer(learning_rate: float, clip: float) -> optax.GradientTransformation:
-    return optax.chain(optax.clip(clip), optax.adam(learning_rate))
+def outer_optimizer(learning_rate: float, clip: float, *, trainable=None
+                    ) -> optax.GradientTransformation:
+    """Clipped Adam; with ``trainable`` (top-level theta keys) the other entries are frozen."""
+    opt = optax.chain(optax.clip(clip), optax.adam(learning_rate))
+    if trainable is None:
+        return opt
+
+    def labels(theta):
+        return {k: jax.tree_util.tree_map(lambda _, k=k: "train" if k in trainable else "frozen", v)
+                for k, v in theta.items()}
+
+    return optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)
 
 
 class Learner:
     def __init__(self, theta, *, learning_rate: float = 3e-4, clip: float = 0.1,
-                 max_staleness: int = 5):
+                 trainable=None, max_staleness: int = 5):
+        unknown = sorted(set(trainable or ()) - set(theta))
+        if unknown:
+            raise ValueError(f"trainable names {unknown} that theta lacks; it has "
+                             f"{sorted(theta)}")
         self.theta = theta
-        self.opt = outer_optimizer(learning_rate, clip)
+        self.opt = outer_optimizer(learning_rate, clip, trainable=trainable)
         self.opt_state = self.opt.init(theta)
         self.version = 0
         self.max_staleness = max_staleness

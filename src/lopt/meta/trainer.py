@@ -52,7 +52,12 @@ def initial_theta(learned, config: MetaTrainConfig):
     from lopt.weights import load
 
     theta, _, _ = load(config.init_weights, architecture=learned.name)
-    want = jax.eval_shape(lambda: learned.init(jax.random.key(0)))
+    fresh = learned.init(jax.random.key(config.seed))
+    # Top-level entries the file lacks (inputs the config adds, such as the hierarchical
+    # optimizer's ``alignment``, whose init is zero: the file's updates are unchanged) come
+    # from init.
+    theta = {**fresh, **theta}
+    want = jax.eval_shape(lambda: fresh)
     if jax.tree_util.tree_map(jnp.shape, theta) != jax.tree_util.tree_map(jnp.shape, want):
         raise ValueError(f"init_weights {config.init_weights} does not fit optimizer_config "
                          f"{config.optimizer_config}: its sizes differ")
@@ -156,7 +161,8 @@ class MetaTrainer:
         self.worker = Worker(self.learned, pools, self.unroll_config(0), seed=config.seed,
                              families=[p.task_ids[0].split("/")[0] for p, _ in pools])
         theta = initial_theta(self.learned, config)
-        self.learner = Learner(theta, learning_rate=config.outer_lr, clip=config.outer_clip)
+        self.learner = Learner(theta, learning_rate=config.outer_lr, clip=config.outer_clip,
+                               trainable=config.trainable)
         self.worker.init(theta)
         self.step = 0
         self.wall = 0.0

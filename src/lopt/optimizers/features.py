@@ -185,6 +185,28 @@ def _summary(x):
     return jnp.concatenate([0.1 * logmag, sign, 0.1 * logvar])
 
 
+#: Length of ``alignment_features``: one per momentum decay.
+NUM_ALIGNMENT_FEATURES = len(DECAYS)
+
+
+def alignment_features(g, m_prev) -> jax.Array:
+    """Cosine between the tensor's gradient and each of its momenta before this step: ``[5]``.
+
+    Near 1 the gradient keeps pointing the same way (the steps could be larger), below 0 it
+    has turned back (they overshoot): the signal that step-size adaptation (hypergradient
+    descent, D-adaptation) reads, here as an input of the per-tensor LSTM. A zero momentum (the
+    first step) gives 0. Both sides are rescaled by their max, so any magnitude works.
+    """
+    g = g.reshape(1, -1) / _rescale(jnp.max(jnp.abs(g)))
+    m = m_prev.reshape(m_prev.shape[0], -1)
+    m = m / _rescale(jnp.max(jnp.abs(m), axis=1, keepdims=True))
+    dots = jnp.sum(g * m, axis=1)
+    # After the rescaling a nonzero side has a squared norm of at least about 1.
+    norms = sqrt0(jnp.sum(jnp.square(g))) * sqrt0(jnp.sum(jnp.square(m), axis=1))
+    ok = norms > 0.5
+    return jnp.where(ok, dots / jnp.where(ok, norms, 1.0), 0.0)
+
+
 #: Length of ``tensor_features``.
 NUM_TENSOR_FEATURES = 3 * (2 * len(DECAYS) + 1) + 2 + 4
 

@@ -14,6 +14,12 @@ Additions to the published design: a learned linear skip from the per-element fe
 sane, slow rule instead of diverging on every task (see DESIGN.md); and two guards that are
 inactive in ordinary training (``max_log_scale``, ``stall_rms``: ``per_element_outputs``): the
 magnitude cannot overflow, and the steps die out once the gradient has vanished.
+
+With ``alignment`` the LSTM also reads, per tensor, the cosine between the gradient and each
+momentum (``features.alignment_features``), the signal step-size adaptation methods use to
+tell steps that are too small from steps that overshoot. Its input weights are a separate entry
+``theta["align"]``, initialised to zero, so weights meta-trained without it start out
+computing exactly the same updates (``lopt.meta.trainer.initial_theta``).
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ class Hierarchical(LearnedOptimizer):
     #: Guards on the step outside what meta-training saw (``per_element_outputs``).
     max_log_scale: float = MAX_LOG_SCALE
     stall_rms: float = STALL_RMS
+    #: Feed the LSTM gradient-momentum cosines (``features.alignment_features``).
+    alignment: bool = False
 
     name = "hierarchical"
 
@@ -69,7 +77,7 @@ class Hierarchical(LearnedOptimizer):
         k = jax.random.split(key, 7)
         h = self.lstm_size
         skip = jnp.zeros((F.NUM_ELEMENT_FEATURES,)).at[ADAM_LIKE_CHANNEL].set(self.skip_init)
-        return {
+        theta = {
             "lstm": init_linear(k[0], self.lstm_inputs + h, 4 * h),
             "lstm_init": {"h": jnp.zeros((h,)), "c": jnp.zeros((h,))},
             "feedback_init": jnp.zeros((self.feedback_size,)),
@@ -84,6 +92,9 @@ class Hierarchical(LearnedOptimizer):
             "feedback": init_linear(k[6], self.ffn_hidden[-1], self.feedback_size, scale=0.1),
             "skip": skip,
         }
+        if self.alignment:
+            theta["align"] = {"w": jnp.zeros((F.NUM_ALIGNMENT_FEATURES, 4 * h))}
+        return theta
 
     def optimizer(self, theta) -> optax.GradientTransformationExtraArgs:
         def init_fn(params):
@@ -115,11 +126,13 @@ class Hierarchical(LearnedOptimizer):
 
         gs, accs, mss = F.preprocess(g_leaves, acc_leaves, ms_leaves, live, state.step,
                                      multiple=self.clip_multiple)
+        align_f = (jnp.stack([F.alignment_features(gs[i], acc_leaves[i].m) for i in live])
+                   if self.alignment and live else None)
 
         out_leaves = [jnp.zeros_like(p) for p in p_leaves]
         if live:
             out_leaves, lstm_h, lstm_c, feedback, pooled = self._tensor_updates(
-                theta, state, p_leaves, gs, accs, live, loss_f, out_leaves)
+                theta, state, p_leaves, gs, accs, live, loss_f, out_leaves, align_f)
         else:
             lstm_h, lstm_c, feedback, pooled = (state.lstm_h, state.lstm_c, state.feedback,
                                                 state.pooled)
@@ -130,14 +143,22 @@ class Hierarchical(LearnedOptimizer):
             loss_stats=loss_stats)
         return treedef.unflatten(out_leaves), new_state
 
-    def _tensor_updates(self, theta, state, p_leaves, gs, accs, live, loss_f, out_leaves):
+    def _tensor_updates(self, theta, state, p_leaves, gs, accs, live, loss_f, out_leaves,
+                        align_f=None):
         # Per tensor: LSTM over [summaries, loss features, feedback mean, pooled context].
         tensor_in = jnp.stack([F.tensor_features(gs[i], p_leaves[i], accs[i]) for i in live])
         n = len(live)
         lstm_in = jnp.concatenate([
             tensor_in, jnp.tile(loss_f, (n, 1)), state.feedback,
             jnp.tile(state.pooled, (n, 1))], axis=1)
-        h, c = lstm_step(theta["lstm"], lstm_in, state.lstm_h, state.lstm_c)
+        lstm = theta["lstm"]
+        if align_f is not None:  # the alignment rows go between the inputs and h
+            w = lstm["w"]
+            n_in = self.lstm_inputs
+            lstm = {"w": jnp.concatenate([w[:n_in], theta["align"]["w"], w[n_in:]]),
+                    "b": lstm["b"]}
+            lstm_in = jnp.concatenate([lstm_in, align_f], axis=1)
+        h, c = lstm_step(lstm, lstm_in, state.lstm_h, state.lstm_c)
         pooled = jnp.mean(jnp.tanh(h @ theta["pool"]["w"] + theta["pool"]["b"]), axis=0)
 
         ctx = theta["context"]
