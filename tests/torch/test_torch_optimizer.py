@@ -168,17 +168,6 @@ def test_bad_weights_are_clear_errors(tmp_path, weights_files):
         hier.load_state_dict(torch.optim.SGD(ps, lr=0.1).state_dict())
 
 
-def test_alignment_weights_are_refused_until_ported(tmp_path):
-    import jax
-
-    from lopt.optimizers import Hierarchical
-    from lopt.weights import save
-
-    learned = Hierarchical(alignment=True)
-    save(tmp_path / "a.safetensors", learned.init(jax.random.key(0)), learned)
-    with pytest.raises(ValueError, match="alignment"):
-        LearnedOptimizer(_params(), tmp_path / "a.safetensors")
-
 
 def test_parameters_without_gradients_are_skipped(weights_files):
     ps = _params()

@@ -116,3 +116,16 @@ def test_bounded_magnitude(weights_files, tmp_path, name):
     theta["ffn"][-1]["b"][1] = 1e3
     lopt.save(tmp_path / "w.safetensors", theta, arch)
     _compare(arch, theta, tmp_path / "w.safetensors", steps=5)
+
+
+@pytest.mark.parametrize("chunk", [None, 16], ids=["packed", "chunked"])
+@pytest.mark.parametrize("grad_scale", [None, 1e-10])
+def test_alignment_inputs(weights_files, tmp_path, chunk, grad_scale):
+    """The LSTM's gradient-momentum cosines, with input weights large enough to matter."""
+    arch, theta, _ = weights_files["hierarchical"]
+    arch = dataclasses.replace(arch, alignment=True)
+    shape = arch.init(jax.random.key(0))["align"]["w"].shape
+    theta = {**theta, "align": {"w": np.asarray(jax.random.normal(jax.random.key(1), shape))}}
+    lopt.save(tmp_path / "w.safetensors", theta, arch)
+    _compare(arch, theta, tmp_path / "w.safetensors", chunk=chunk, grad_scale=grad_scale,
+             valid_every=5, steps=20)

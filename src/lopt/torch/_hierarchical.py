@@ -28,7 +28,7 @@ class HierarchicalRule(PerElementRule):
         return {**super().init_global(device),
                 "pooled": torch.zeros(self.learned.pool_size, device=device)}
 
-    def context(self, works, glob, loss_f, rms, summaries):
+    def context(self, works, glob, loss_f, rms, summaries, align):
         device = loss_f.device
         th = self.weights.on(device)
         n = len(works)
@@ -36,7 +36,12 @@ class HierarchicalRule(PerElementRule):
         lstm_in = torch.cat([_tensor_features(rms, summaries), size_f, loss_f.expand(n, -1),
                              self._gather(works, "feedback", device),
                              glob["pooled"].expand(n, -1)], dim=1)
-        h, c = _lstm_step(th, lstm_in, self._gather(works, "lstm_h", device),
+        w = th["lstm.w"]
+        if align is not None:  # the alignment rows go between the inputs and h, as in JAX
+            n_in = self.learned.lstm_inputs
+            w = torch.cat([w[:n_in], th["align.w"], w[n_in:]])
+            lstm_in = torch.cat([lstm_in, align], dim=1)
+        h, c = _lstm_step(w, th["lstm.b"], lstm_in, self._gather(works, "lstm_h", device),
                           self._gather(works, "lstm_c", device))
         pooled = torch.tanh(h @ th["pool.w"] + th["pool.b"]).mean(0)
         biases = h @ th["context.lstm"] + step_f @ th["context.step"] + size_f @ th["context.size"]
@@ -55,9 +60,9 @@ class HierarchicalRule(PerElementRule):
         return torch.stack([w.state[key].to(device) for w in works])
 
 
-def _lstm_step(th, x, h, c):
+def _lstm_step(w, b, x, h, c):
     """One LSTM step batched over rows, as ``lopt.optimizers.nets.lstm_step``."""
-    z = torch.cat([x, h], dim=1) @ th["lstm.w"] + th["lstm.b"]
+    z = torch.cat([x, h], dim=1) @ w + b
     i, f, g, o = z.chunk(4, dim=1)
     c = torch.sigmoid(f + 1.0) * c + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(c), c

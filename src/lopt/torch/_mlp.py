@@ -9,7 +9,7 @@ from lopt.torch._rule import PerElementRule
 class MLPRule(PerElementRule):
     name = "mlp"
 
-    def context(self, works, glob, loss_f, rms, summaries):
+    def context(self, works, glob, loss_f, rms, summaries, align):
         device = loss_f.device
         th = self.weights.on(device)
         step_f, size_f = self.step_and_size_features(works, device)

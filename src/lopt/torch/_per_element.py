@@ -185,16 +185,20 @@ class Chunked:
         self.items, self.net, self.it = [item], net, item
         self.chunks = [(s, min(s + net.chunk, item.n)) for s in range(0, item.n, net.chunk)]
 
-    def reduce(self, summaries: bool, *, update: bool, exact: bool) -> list[torch.Tensor]:
-        """With ``update``, clips the gradient and updates the accumulators. Returns ``[1, rows]``
+    def reduce(self, summaries: bool, *, update: bool, exact: bool,
+               alignment: bool = False) -> list[torch.Tensor]:
+        """With ``update``, clips the gradient and updates the accumulators (and with
+        ``alignment`` first sets ``self.align``, ``_alignment_sums``). Returns ``[1, rows]``
         sums (``_reduce_block``) over the tensor (float64 sums when ``exact``)."""
-        net, it, parts = self.net, self.it, []
+        net, it, parts, align = self.net, self.it, [], 0
         dtype = torch.float64 if exact else None
         for s, e in self.chunks:
             sc, acc = net.scratch(e - s), it.acc[:, s:e]
             b = sc.block
             if update:
                 g = clipped_gradient_(sc.gg[0], it.grad[s:e], it.bound)
+                if alignment:
+                    align = align + _alignment_sums(g[None], acc[:K], _Rows)
                 torch.mul(g, g, out=sc.gg[1])
                 _accumulate(acc.view(2, K, -1), sc.gg.unsqueeze(1), sc.acc, net)
                 b.g.copy_(g)
@@ -202,6 +206,8 @@ class Chunked:
                 clipped_gradient_(b.g, it.grad[s:e], it.bound)
             _fill(b, it.flat[s:e], acc)
             parts.append(_reduce_block(b, sc.tmp, summaries, dtype, _Rows(e - s)))
+        if alignment and update:
+            self.align = align.t()
         sums = [sum(p[i] for p in parts) for i in range(len(parts[0]))]
         if summaries and len(parts) > 1:  # Chan et al.: chunks' centred sums combine exactly
             mean = sums[3] / it.n
@@ -249,7 +255,8 @@ class Packed:
             torch.sub(x[:, a:b], means[:, i:i + 1], out=out[:, a:b])
         return out
 
-    def reduce(self, summaries: bool, *, update: bool, exact: bool) -> list[torch.Tensor]:
+    def reduce(self, summaries: bool, *, update: bool, exact: bool,
+               alignment: bool = False) -> list[torch.Tensor]:
         """As ``Chunked.reduce``, per segment: ``[T, rows]`` sums."""
         net, b, sc = self.net, self.block, self.net.scratch(self.n)
         dtype = torch.float64 if exact else None
@@ -259,6 +266,8 @@ class Packed:
                 self.counts, output_size=self.n)
             self.acc = torch.cat([it.acc for it in self.items], dim=1)
             g = clipped_gradient_(sc.gg[0], self.grad, self.bound)
+            if alignment:
+                self.align = _alignment_sums(g[None], self.acc[:K], self).t()
             torch.mul(g, g, out=sc.gg[1])
             _accumulate(self.acc.view(2, K, -1), sc.gg.unsqueeze(1), sc.acc, net)
             torch._foreach_copy_([it.acc for it in self.items],
@@ -281,14 +290,19 @@ class Packed:
         return self.sums(h[1:]).t()
 
 
-def reduce_all(groups: list, *, multiple: float, summaries: bool, device):
+def reduce_all(groups: list, *, multiple: float, summaries: bool, device,
+               alignment: bool = False):
     """Phase 1 for all tensors: clips, accumulates and reduces. Returns ``(rms [T, ROWS]``
     (each row's RMS; 1 for the ones row), ``summaries [T, 3, 11]`` (mean log-magnitude, mean
-    sign, RMS about the mean of the p, m, v rows) or None``), tensors in group order."""
+    sign, RMS about the mean of the p, m, v rows) or None``, ``alignment [T, K]`` (the
+    gradient's cosine to each momentum before the step, ``features.alignment_features``) or
+    None), tensors in group order."""
     items = [it for g in groups for it in g.items]
     _clip(items, multiple, device)
     exact = not on_host(device)  # float64 sums: no check, no synchronisation
-    parts = [g.reduce(summaries, update=True, exact=exact) for g in groups]
+    parts = [g.reduce(summaries, update=True, exact=exact, alignment=alignment)
+             for g in groups]
+    align = _cosines(torch.cat([g.align.to(device) for g in groups])) if alignment else None
     if not exact:
         for i, g in enumerate(groups):
             checked = [parts[i][0]] + ([parts[i][4][[j for j, it in enumerate(g.items)
@@ -304,8 +318,26 @@ def reduce_all(groups: list, *, multiple: float, summaries: bool, device):
     rms = torch.cat([n.new_ones(len(items), 1), (stacked(0) / n).sqrt()], dim=1).float()
     rms[:, LOGP:P].clamp_(min=DERIVED_FLOOR)  # the derived channels (``channel_scales``)
     if not summaries:
-        return rms, None
-    return rms, torch.stack([stacked(1) / n, stacked(2) / n, (stacked(4) / n).sqrt()], 1).float()
+        return rms, None, align
+    return (rms, torch.stack([stacked(1) / n, stacked(2) / n, (stacked(4) / n).sqrt()], 1).float(),
+            align)
+
+
+def _alignment_sums(g, m, seg) -> torch.Tensor:
+    """``[2K + 1, T]`` float64 sums (per row or segment of ``seg``) of gradient times each
+    momentum ``m [K, c]``, of the squared gradient ``g [1, c]`` and squared momenta: in float64
+    the squares of any float32 value neither overflow nor underflow, so the cosines are exact
+    at every scale without JAX's rescaling."""
+    g, m = g.double(), m.double()
+    return torch.cat([seg.sums(m * g), seg.sums(g * g), seg.sums(m * m)]).reshape(2 * K + 1, -1)
+
+
+def _cosines(sums: torch.Tensor) -> torch.Tensor:
+    """``[T, K]`` cosines from ``[T, 2K + 1]`` alignment sums (0 where a side is zero)."""
+    dots, gg, mm = sums[:, :K], sums[:, K:K + 1], sums[:, K + 1:]
+    norms = (gg * mm).sqrt()
+    ok = norms > 0
+    return torch.where(ok, dots / torch.where(ok, norms, 1.0), 0.0).float()
 
 
 def apply_all(groups: list, net: Network, rms, biases) -> torch.Tensor:

@@ -62,16 +62,18 @@ class PerElementRule(Rule):
                 state[p].update(self.init_tensor_state(p))
         parts = groups([Item(p, state[p], lr) for p, lr in items], self.network)
         works = [it for g in parts for it in g.items]  # the order of all per-tensor rows
-        rms, summaries = reduce_all(parts, multiple=self.learned.clip_multiple,
-                                    summaries=self.summaries, device=device)
-        biases, extra = self.context(works, glob, loss_f, rms, summaries)
+        alignment = getattr(self.learned, "alignment", False)
+        rms, summaries, align = reduce_all(parts, multiple=self.learned.clip_multiple,
+                                           summaries=self.summaries, device=device,
+                                           alignment=alignment)
+        biases, extra = self.context(works, glob, loss_f, rms, summaries, align)
         means = apply_all(parts, self.network(device), rms, biases)
         glob.update(stats)
         self.finish(works, means, glob, extra)
 
-    def context(self, works, glob, loss_f, rms, summaries) -> tuple[torch.Tensor, object]:
+    def context(self, works, glob, loss_f, rms, summaries, align) -> tuple[torch.Tensor, object]:
         """Each tensor's context ``[T, width]`` (and anything ``finish`` needs), from the
-        features' RMS ``[T, ROWS]`` and summaries (``reduce_all``)."""
+        features' RMS ``[T, ROWS]``, summaries and alignment cosines (``reduce_all``)."""
         raise NotImplementedError
 
     def finish(self, works, means, glob, extra) -> None:

@@ -43,9 +43,6 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if arch not in RULES:
             raise ValueError(f"{self.weights.path}: lopt.torch has no {arch!r} optimizer; "
                              f"it has {', '.join(RULES)}")
-        if getattr(self.weights.learned, "alignment", False):
-            raise ValueError(f"{self.weights.path}: lopt.torch does not implement the "
-                             "hierarchical optimizer's alignment inputs yet; use it from JAX")
         self._rule = RULES[arch](self.weights)
         super().__init__(params, {"lr": lr})
         self._global: dict | None = None
