@@ -168,7 +168,6 @@ def test_bad_weights_are_clear_errors(tmp_path, weights_files):
         hier.load_state_dict(torch.optim.SGD(ps, lr=0.1).state_dict())
 
 
-
 def test_parameters_without_gradients_are_skipped(weights_files):
     ps = _params()
     opt = LearnedOptimizer(ps, weights_files["hierarchical"][2])
