@@ -19,6 +19,10 @@ class HierarchicalRule(PerElementRule):
     name = "hierarchical"
     summaries = True
 
+    def __init__(self, weights):
+        super().__init__(weights)
+        self.alignment = self.learned.alignment
+
     def init_tensor_state(self, p):
         th = self.weights.on(p.device)
         return {**init_state(p), "lstm_h": th["lstm_init.h"].clone(),

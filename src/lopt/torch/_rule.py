@@ -34,6 +34,7 @@ class PerElementRule(Rule):
     in ``finish``."""
 
     summaries = False  # whether ``context`` needs the tensor summaries
+    alignment = False  # whether it needs the gradient-momentum cosines
 
     def __init__(self, weights: Weights):
         super().__init__(weights)
@@ -62,10 +63,9 @@ class PerElementRule(Rule):
                 state[p].update(self.init_tensor_state(p))
         parts = groups([Item(p, state[p], lr) for p, lr in items], self.network)
         works = [it for g in parts for it in g.items]  # the order of all per-tensor rows
-        alignment = getattr(self.learned, "alignment", False)
         rms, summaries, align = reduce_all(parts, multiple=self.learned.clip_multiple,
                                            summaries=self.summaries, device=device,
-                                           alignment=alignment)
+                                           alignment=self.alignment)
         biases, extra = self.context(works, glob, loss_f, rms, summaries, align)
         means = apply_all(parts, self.network(device), rms, biases)
         glob.update(stats)
