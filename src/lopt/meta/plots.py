@@ -64,6 +64,10 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ax.plot([r["step"] for r in ev], [r["eval/adam_1e-3_relative_loss"] for r in ev], "s--",
                 label="Adam 1e-3")
         ax.legend(fontsize=8)
+    else:  # an empty axis would read as a broken plot
+        ax.text(0.5, 0.5, "no held-out evaluation yet\n(one every eval_every outer steps)",
+                ha="center", va="center", transform=ax.transAxes, color="0.4")
+        ax.set(xticks=[], yticks=[])
     ax.set(title="held-out mean train loss / initial", xlabel="outer step")
     fig.suptitle(f"meta-training: {Path(run_dir).name}")
     fig.tight_layout()
