@@ -66,6 +66,12 @@ def _parent(init_weights: str | None) -> dict:
     """Provenance of the weights a warm-started run began from (their cost counts too)."""
     if not init_weights:
         return {}
+    if FOLDER.resolve() in Path(init_weights).resolve().parents:
+        # shipping overwrites these files: the card there now may describe later weights
+        raise ValueError(f"a run started from {init_weights}, a shipped file: its card may no "
+                         "longer describe the weights the run started from; point the run's "
+                         "config.json init_weights at a copy that does not change (a run's "
+                         "snapshot or a soup file)")
     _, _, card = load(init_weights)
     # a run's snapshot: from its run's metrics; a soup: its card, with its ingredients' lineage
     parent = {k: v for k, v in weights_provenance(init_weights, card).items() if k != "machine"}

@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import jax
+import pytest
 
 import lopt
 from lopt.optimizers import LearnedAdam
@@ -50,3 +51,9 @@ def test_a_run_started_from_a_soup_keeps_the_soups_lineage(tmp_path):
     assert parent["weights"] == str(path)
     assert [s["run"] for s in parent["soup"]] == ["c", "e"]
     assert ship.lineage_cost([parent])["outer_steps"] == 560 + 680 + 350 + 300
+
+
+def test_a_run_started_from_a_shipped_file_is_refused():
+    # shipping overwrites src/lopt/pretrained/*.safetensors, so its card could be a later one's
+    with pytest.raises(ValueError, match="shipped file"):
+        ship._parent(str(ship.FOLDER / "hierarchical.safetensors"))
