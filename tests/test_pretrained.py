@@ -21,6 +21,27 @@ def test_default_is_shipped_with_a_complete_card():
     assert prov["outer_steps"] > 0 and prov["inner_steps"] > 0
 
 
+def _chains(prov, seen=()):
+    """Every warm-start chain of a card's lineage (a soup branches into its ingredients)."""
+    if "soup" in prov:
+        for ingredient in prov["soup"]:
+            yield from _chains(ingredient, seen)
+        return
+    seen = (*seen, prov.get("run"))
+    if "started_from" in prov:
+        yield from _chains(prov["started_from"], seen)
+    else:
+        yield seen
+
+
+def test_shipped_lineage_has_no_run_twice_in_one_chain():
+    # a run cannot be its own ancestor: it would mean a parent's card was read after a later
+    # ship overwrote it (scripts/ship.py refuses that now)
+    for chain in _chains(pretrained.card()["provenance"]):
+        runs = [r for r in chain if r is not None]
+        assert len(runs) == len(set(runs)), chain
+
+
 def test_default_optimizer_trains_a_small_regression_without_settings():
     key_x, key_w = jax.random.split(jax.random.key(0))
     x = jax.random.normal(key_x, (256, 8))
