@@ -26,9 +26,10 @@ import numpy as np
 from lopt.compile_cache import enable_compilation_cache
 from lopt.evaluate import BaselineStore
 from lopt.evaluate.benchmark import benchmark
+from lopt.meta.trainer import INIT_CARD
 from lopt.pretrained import BASELINES, FOLDER
 from lopt.tasks.taskset import TASK_SET_VERSION, sample_tasks
-from lopt.weights import load, save
+from lopt.weights import load, read, save
 
 
 def provenance(run: Path, outer_steps: int) -> dict:
@@ -53,7 +54,7 @@ def provenance(run: Path, outer_steps: int) -> dict:
         "wall_time_s": round(last.get("wall_time", 0.0)),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, one core per run",
         "commit": _commit(),
-        **_parent(config.get("init_weights")),
+        **_parent(config.get("init_weights"), run),
     }
 
 
@@ -62,17 +63,24 @@ def _commit() -> str:
                           cwd=Path(__file__).parent).stdout.strip()
 
 
-def _parent(init_weights: str | None) -> dict:
-    """Provenance of the weights a warm-started run began from (their cost counts too)."""
+def _parent(init_weights: str | None, run: Path | None = None) -> dict:
+    """Provenance of the weights a warm-started run began from (their cost counts too): from
+    the card the run recorded when it began (``init_card.json``), else the file's own."""
     if not init_weights:
         return {}
-    if FOLDER.resolve() in Path(init_weights).resolve().parents:
+    recorded = run / INIT_CARD if run is not None else None
+    record = json.loads(recorded.read_text()) if recorded and recorded.exists() else {}
+    if record.get("weights") == init_weights:
+        card = record["card"]
+    elif FOLDER.resolve() in Path(init_weights).resolve().parents:
         # shipping overwrites these files: the card there now may describe later weights
-        raise ValueError(f"a run started from {init_weights}, a shipped file: its card may no "
-                         "longer describe the weights the run started from; point the run's "
+        raise ValueError(f"a run started from {init_weights}, a shipped file, and recorded no "
+                         f"{INIT_CARD} (runs before it was kept): the file's card may no longer "
+                         "describe the weights the run started from; point the run's "
                          "config.json init_weights at a copy that does not change (a run's "
                          "snapshot or a soup file)")
-    _, _, card = load(init_weights)
+    else:
+        _, _, card = read(init_weights)
     # a run's snapshot: from its run's metrics; a soup: its card, with its ingredients' lineage
     parent = {k: v for k, v in weights_provenance(init_weights, card).items() if k != "machine"}
     return {"started_from": {"weights": init_weights, **parent}}

@@ -191,3 +191,19 @@ def test_init_weights_without_new_inputs_are_grafted_and_can_be_trained_alone(tm
             np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="trainable"):
         _config(trainable=[])
+
+
+def test_a_warm_started_run_keeps_the_starting_card_when_the_file_changes(tmp_path):
+    from lopt.weights import save
+
+    learned = LearnedAdam(learning_rate=1e-4)
+    path = tmp_path / "w.safetensors"
+    save(path, learned.init(jax.random.key(3)), learned, provenance={"run": "old"})
+    meta_train(_config(init_weights=str(path), outer_steps=1, checkpoint_every=1),
+               tmp_path / "run", progress=False)
+    save(path, learned.init(jax.random.key(4)), learned, provenance={"run": "new"})
+    resume(tmp_path / "run", outer_steps=2, progress=False)  # the record is not rewritten
+    record = json.loads((tmp_path / "run" / "init_card.json").read_text())
+    assert record["weights"] == str(path)
+    assert record["card"]["provenance"] == {"run": "old"}
+    assert len(record["sha256"]) == 64

@@ -1,6 +1,7 @@
 """scripts/ship.py: the cost of a model's whole lineage, soups and warm starts included."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import jax
@@ -57,3 +58,17 @@ def test_a_run_started_from_a_shipped_file_is_refused():
     # shipping overwrites src/lopt/pretrained/*.safetensors, so its card could be a later one's
     with pytest.raises(ValueError, match="shipped file"):
         ship._parent(str(ship.FOLDER / "hierarchical.safetensors"))
+
+
+def test_a_run_that_recorded_its_starting_card_may_start_from_a_shipped_file(tmp_path):
+    shipped = str(ship.FOLDER / "hierarchical.safetensors")
+    record = {"weights": shipped, "sha256": "0" * 64, "card": {"provenance": _soup_card()}}
+    (tmp_path / "init_card.json").write_text(json.dumps(record))
+    parent = ship._parent(shipped, tmp_path)["started_from"]
+    # the recorded card, not the one the shipped file holds now
+    assert [s["run"] for s in parent["soup"]] == ["c", "e"]
+    # a record of another file does not count
+    record["weights"] = "other.safetensors"
+    (tmp_path / "init_card.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="shipped file"):
+        ship._parent(shipped, tmp_path)

@@ -2,7 +2,9 @@
 
 A run folder holds ``config.json``, ``metrics.jsonl`` (one JSON object per outer step, appended
 and flushed), ``checkpoint.npz`` (atomic), ``theta.safetensors`` (the latest weights, a normal
-lopt weights file) and, with ``snapshot_every``, ``snapshots/stepN.safetensors``.
+lopt weights file) and, with ``snapshot_every``, ``snapshots/stepN.safetensors``; a run
+warm-started from ``init_weights`` also keeps that file's model card as it was when the run
+began (``init_card.json``), since the file itself may be overwritten later.
 ``meta_train(config, run_dir)`` starts a run; ``resume(run_dir)`` continues one from its last
 checkpoint.
 """
@@ -32,6 +34,8 @@ CHECKPOINT = "checkpoint.npz"
 #: The learner alone (theta, outer optimizer, step): small enough to commit. Resuming from it
 #: starts fresh inner runs (and PES accumulators) at the saved step.
 LEARNER_CHECKPOINT = "learner.npz"
+#: The model card of ``init_weights`` when the run started (``record_start``).
+INIT_CARD = "init_card.json"
 
 
 def make_learned(name: str, config: dict | None = None):
@@ -338,7 +342,25 @@ def meta_train(config: MetaTrainConfig, run_dir: str | Path, *, progress: bool =
     """Starts a new meta-training run in ``run_dir`` (which must not hold a checkpoint)."""
     if _has_checkpoint(Path(run_dir)):
         raise ValueError(f"{run_dir} already holds a run; resume it with --resume {run_dir}")
-    return MetaTrainer(config, run_dir, progress=progress).run()
+    trainer = MetaTrainer(config, run_dir, progress=progress)
+    record_start(config, run_dir)
+    return trainer.run()
+
+
+def record_start(config: MetaTrainConfig, run_dir: str | Path) -> None:
+    """Writes ``init_weights``' model card and SHA-256 to ``run_dir/init_card.json``, so the
+    run's lineage stays known when that file is later overwritten (as shipping does)."""
+    if config.init_weights is None:
+        return
+    import hashlib
+
+    from lopt.atomic import atomic_write_text
+    from lopt.weights import read
+
+    _, _, card = read(config.init_weights)
+    digest = hashlib.sha256(Path(config.init_weights).read_bytes()).hexdigest()
+    record = {"weights": config.init_weights, "sha256": digest, "card": card}
+    atomic_write_text(Path(run_dir) / INIT_CARD, json.dumps(record, indent=1) + "\n")
 
 
 def resume(run_dir: str | Path, *, outer_steps: int | None = None,
