@@ -229,6 +229,35 @@ def test_vanished_gradient_stops_the_parameters(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS, ids=IDS)
+def test_collapsed_gradient_stops_the_parameters(arch):
+    """A gradient that collapses a millionfold without vanishing (a model whose loss has reached
+    zero): the steps shrink in proportion, where the normalised features alone would keep them
+    at full size and grow the weights without end; before the collapse nothing changes."""
+    params = {"w": jax.random.normal(jax.random.key(1), (100, 100)), "b": jnp.zeros(10)}
+    scales = jnp.concatenate([jnp.ones(200), jnp.full(300, 1e-6)])
+    keys = jax.random.split(jax.random.key(2), len(scales))
+
+    def largest_steps(arch):
+        opt = arch.optimizer(arch.init(jax.random.key(0)))
+
+        def step(carry, xs):
+            params, state = carry
+            scale, key = xs
+            g = jax.tree_util.tree_map(lambda x: x * scale, _grads(key, params))
+            u, state = opt.update(g, state, params, value=scale)
+            return (optax.apply_updates(params, u), state), optax.tree.norm(u, ord="inf")
+
+        return np.asarray(jax.jit(lambda p: jax.lax.scan(
+            step, (p, opt.init(p)), (scales, keys))[1])(params))
+
+    guarded = largest_steps(arch)
+    unguarded = largest_steps(dataclasses.replace(arch, collapse_ratio=1e-12))
+    np.testing.assert_allclose(guarded[:200], unguarded[:200], rtol=1e-5)
+    assert unguarded[-20:].min() > 0.1 * unguarded[:200].min()
+    assert guarded[-20:].max() < 1e-2 * unguarded[-20:].min()
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=IDS)
 def test_step_magnitude_is_bounded(arch):
     """A magnitude output far beyond anything meta-trained (exp_mult 1, a = 1e3) gives the
     same finite update as one just past the bound, not an overflow to inf."""

@@ -11,9 +11,10 @@ matrix products. It outputs a direction ``d`` and a magnitude ``a``; the update 
 
 Additions to the published design: a learned linear skip from the per-element features to
 ``d``, initialised to ``-m / sqrt(v)`` (momentum 0.9), so an untrained optimizer is already a
-sane, slow rule instead of diverging on every task (see DESIGN.md); and two guards that are
-inactive in ordinary training (``max_log_scale``, ``stall_rms``: ``per_element_outputs``): the
-magnitude cannot overflow, and the steps die out once the gradient has vanished.
+sane, slow rule instead of diverging on every task (see DESIGN.md); and three guards that are
+inactive in ordinary training (``max_log_scale``, ``stall_rms``, ``collapse_ratio``:
+``per_element_outputs``): the magnitude cannot overflow, and the steps die out once the
+gradient has vanished or collapsed far below its long-run size (a converged model).
 
 With ``alignment`` the LSTM also reads, per tensor, the cosine between the gradient and each
 momentum (``features.alignment_features``), the signal step-size adaptation methods use to
@@ -34,8 +35,8 @@ import optax
 from lopt.optimizers import features as F
 from lopt.optimizers.base import LearnedOptimizer
 from lopt.optimizers.nets import init_linear, init_mlp, lstm_step
-from lopt.optimizers.per_element import (ADAM_LIKE_CHANNEL, MAX_LOG_SCALE, STALL_RMS,
-                                         per_element_outputs, raw_rows)
+from lopt.optimizers.per_element import (ADAM_LIKE_CHANNEL, COLLAPSE_RATIO, MAX_LOG_SCALE,
+                                         STALL_RMS, per_element_outputs, raw_rows)
 
 
 class HierarchicalState(NamedTuple):
@@ -64,6 +65,7 @@ class Hierarchical(LearnedOptimizer):
     #: Guards on the step outside what meta-training saw (``per_element_outputs``).
     max_log_scale: float = MAX_LOG_SCALE
     stall_rms: float = STALL_RMS
+    collapse_ratio: float = COLLAPSE_RATIO
     #: Feed the LSTM gradient-momentum cosines (``features.alignment_features``).
     alignment: bool = False
 
@@ -170,7 +172,8 @@ class Hierarchical(LearnedOptimizer):
         steps, means = per_element_outputs(theta["ffn"], theta["skip"], raws, biases,
                                            exp_mult=self.exp_mult, step_mult=self.step_mult,
                                            max_log_scale=self.max_log_scale,
-                                           stall_rms=self.stall_rms)
+                                           stall_rms=self.stall_rms,
+                                           collapse_ratio=self.collapse_ratio)
         out_leaves = list(out_leaves)
         for step, i in zip(steps, live):
             p = p_leaves[i]

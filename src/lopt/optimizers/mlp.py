@@ -16,8 +16,8 @@ import optax
 from lopt.optimizers import features as F
 from lopt.optimizers.base import LearnedOptimizer
 from lopt.optimizers.nets import init_linear, init_mlp
-from lopt.optimizers.per_element import (ADAM_LIKE_CHANNEL, MAX_LOG_SCALE, STALL_RMS,
-                                         per_element_outputs, raw_rows)
+from lopt.optimizers.per_element import (ADAM_LIKE_CHANNEL, COLLAPSE_RATIO, MAX_LOG_SCALE,
+                                         STALL_RMS, per_element_outputs, raw_rows)
 
 
 class MLPState(NamedTuple):
@@ -39,6 +39,7 @@ class PerParameterMLP(LearnedOptimizer):
     #: Guards on the step outside what meta-training saw (``per_element_outputs``).
     max_log_scale: float = MAX_LOG_SCALE
     stall_rms: float = STALL_RMS
+    collapse_ratio: float = COLLAPSE_RATIO
 
     name = "mlp"
 
@@ -85,7 +86,8 @@ class PerParameterMLP(LearnedOptimizer):
             steps, _ = per_element_outputs(theta["ffn"], theta["skip"], xs, jnp.stack(biases),
                                            exp_mult=self.exp_mult, step_mult=self.step_mult,
                                            max_log_scale=self.max_log_scale,
-                                           stall_rms=self.stall_rms)
+                                           stall_rms=self.stall_rms,
+                                           collapse_ratio=self.collapse_ratio)
             for step, i in zip(steps, live):
                 out[i] = step.reshape(p_leaves[i].shape).astype(p_leaves[i].dtype)
         new_state = MLPState(state.step + 1, treedef.unflatten(acc_leaves),

@@ -58,7 +58,7 @@ class Network:
     """
 
     def __init__(self, theta: dict, *, exp_mult: float, step_mult: float, max_log_scale: float,
-                 stall_rms: float):
+                 stall_rms: float, collapse_ratio: float):
         layers = sum(1 for k in theta if k.startswith("ffn.") and k.endswith(".w"))
 
         def with_bias(i):
@@ -74,6 +74,7 @@ class Network:
         self.last = with_bias(layers - 1) * w0.new_tensor([[step_mult], [exp_mult]])
         #: The step's guards (``lopt.optimizers.per_element.per_element_outputs``).
         self.max_log_scale, self.stall_rms = max_log_scale, stall_rms
+        self.collapse_ratio = collapse_ratio
         decays = torch.tensor(DECAYS, dtype=torch.float32, device=w0.device).view(1, K, 1)
         self.decays, self.one_minus_decays = decays, 1 - decays
         self.chunk = CHUNK if on_host(w0.device) else DEVICE_CHUNK
@@ -346,6 +347,8 @@ def apply_all(groups: list, net: Network, rms, biases) -> torch.Tensor:
     firsts = net.first / (rms + 1e-30)[:, None, :]  # each channel's 1/RMS folded in
     firsts[:, :net.width, 0] = net.first_bias + biases
     stall = (rms[:, MR + 1] / net.stall_rms).clamp(max=1.0)  # decay 0.9: m / sqrt(v)
+    recent = ((rms[:, V + 1] + 1e-30) / (rms[:, V + K - 1] + 1e-30)).sqrt()  # v: 0.9 / 0.9999
+    stall = stall * (recent / net.collapse_ratio).clamp(max=1.0)
     lrs = torch.tensor([it.lr for g in groups for it in g.items], device=rms.device)
     factors = stall * lrs
     sums, start = [], 0

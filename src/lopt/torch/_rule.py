@@ -46,7 +46,8 @@ class PerElementRule(Rule):
             self._nets[device] = Network(self.weights.on(device), exp_mult=learned.exp_mult,
                                          step_mult=learned.step_mult,
                                          max_log_scale=learned.max_log_scale,
-                                         stall_rms=learned.stall_rms)
+                                         stall_rms=learned.stall_rms,
+                                         collapse_ratio=learned.collapse_ratio)
         return self._nets[device]
 
     def init_tensor_state(self, p: torch.Tensor) -> dict:
