@@ -114,8 +114,10 @@ def per_element_outputs(layers, skip, raws, biases, *, exp_mult: float, step_mul
     proportion, as Adam's does once the gradient is far below its epsilon. The normalised
     features cannot tell a converged model from a training one, so without this a model whose
     loss has reached zero (a separable classification task) kept stepping at full size, grew its
-    weights without end and bounced out of the minimum (``benchmarks/results/lopt-10k``). While a model still trains the
-    ratio stays above 1 (measured over 2,000 steps on one test task of each family but the MLP).
+    weights without end and bounced out of the minimum (``benchmarks/results/lopt-10k``).
+    While a model still trains the ratio stays above 1 (measured over 2,000 steps on six test
+    tasks: a 1-D convnet, a language model, an autoencoder, a quadratic, a regression and a
+    test function; a converged MLP's falls to 1e-4).
     """
     steps, means = [None] * len(raws), [None] * len(raws)
     scales = [channel_scales(raw) for raw in raws]
