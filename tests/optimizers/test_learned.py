@@ -202,28 +202,29 @@ def test_untrained_optimizer_is_a_sane_rule(arch):
     assert float(loss_fn(params)) < 0.8 * first
 
 
+def _largest_steps(arch, scales):
+    """The largest update element at each step of a run on gradients scaled by ``scales``
+    (random directions; a 100x100 tensor covers the chunked path)."""
+    opt = arch.optimizer(arch.init(jax.random.key(0)))
+    params = {"w": jax.random.normal(jax.random.key(1), (100, 100)), "b": jnp.zeros(10)}
+
+    def step(carry, xs):
+        params, state = carry
+        scale, key = xs
+        g = jax.tree_util.tree_map(lambda x: x * scale, _grads(key, params))
+        u, state = opt.update(g, state, params, value=scale)
+        return (optax.apply_updates(params, u), state), optax.tree.norm(u, ord="inf")
+
+    keys = jax.random.split(jax.random.key(2), len(scales))
+    return np.asarray(jax.jit(lambda p: jax.lax.scan(
+        step, (p, opt.init(p)), (scales, keys))[1])(params))
+
+
 @pytest.mark.parametrize("arch", ARCHS, ids=IDS)
 def test_vanished_gradient_stops_the_parameters(arch):
     """After a loss of exactly zero (gradients all zero) the steps die out, as Adam's do,
     instead of drifting on normalised features; the large tensor covers the chunked path."""
-    theta = arch.init(jax.random.key(0))
-    opt = arch.optimizer(theta)
-    params = {"w": jax.random.normal(jax.random.key(1), (100, 100)), "b": jnp.zeros(10)}
-
-    @jax.jit
-    def run(params, scales):
-        def step(carry, xs):
-            params, state = carry
-            scale, key = xs
-            g = jax.tree_util.tree_map(lambda x: x * scale, _grads(key, params))
-            u, state = opt.update(g, state, params, value=scale)
-            return (optax.apply_updates(params, u), state), optax.tree.norm(u, ord="inf")
-
-        keys = jax.random.split(jax.random.key(2), len(scales))
-        return jax.lax.scan(step, (params, opt.init(params)), (scales, keys))[1]
-
-    scales = jnp.concatenate([jnp.ones(20), jnp.zeros(300)])
-    largest = np.asarray(run(params, scales))
+    largest = _largest_steps(arch, jnp.concatenate([jnp.ones(20), jnp.zeros(300)]))
     assert largest[:20].min() > 1e-4  # a real step while there is a gradient
     assert largest[-20:].max() < 1e-3 * largest[:20].min()
 
@@ -233,25 +234,9 @@ def test_collapsed_gradient_stops_the_parameters(arch):
     """A gradient that collapses a millionfold without vanishing (a model whose loss has reached
     zero): the steps shrink in proportion, where the normalised features alone would keep them
     at full size and grow the weights without end; before the collapse nothing changes."""
-    params = {"w": jax.random.normal(jax.random.key(1), (100, 100)), "b": jnp.zeros(10)}
     scales = jnp.concatenate([jnp.ones(200), jnp.full(300, 1e-6)])
-    keys = jax.random.split(jax.random.key(2), len(scales))
-
-    def largest_steps(arch):
-        opt = arch.optimizer(arch.init(jax.random.key(0)))
-
-        def step(carry, xs):
-            params, state = carry
-            scale, key = xs
-            g = jax.tree_util.tree_map(lambda x: x * scale, _grads(key, params))
-            u, state = opt.update(g, state, params, value=scale)
-            return (optax.apply_updates(params, u), state), optax.tree.norm(u, ord="inf")
-
-        return np.asarray(jax.jit(lambda p: jax.lax.scan(
-            step, (p, opt.init(p)), (scales, keys))[1])(params))
-
-    guarded = largest_steps(arch)
-    unguarded = largest_steps(dataclasses.replace(arch, collapse_ratio=1e-12))
+    guarded = _largest_steps(arch, scales)
+    unguarded = _largest_steps(dataclasses.replace(arch, collapse_ratio=1e-12), scales)
     np.testing.assert_allclose(guarded[:200], unguarded[:200], rtol=1e-5)
     assert unguarded[-20:].min() > 0.1 * unguarded[:200].min()
     assert guarded[-20:].max() < 1e-2 * unguarded[-20:].min()
