@@ -39,7 +39,7 @@ def _jax_update(arch, theta, grads, state, params, loss, valid):
 
 
 def _compare(arch, theta, path, *, valid_every=None, grad_scale=None, steps=50, chunk=None,
-             zero_after=None, after_scale=0.0):
+             quiet_after=None, quiet_scale=0.0):
     rng = np.random.default_rng(0)
     state = arch.optimizer(theta).init([jnp.zeros(s) for s in SHAPES])
     params = [torch.nn.Parameter(torch.zeros(s)) for s in SHAPES]
@@ -49,8 +49,8 @@ def _compare(arch, theta, path, *, valid_every=None, grad_scale=None, steps=50, 
     for t in range(steps):
         ps = [np.asarray(1e-3 * rng.normal(size=s), np.float32) for s in SHAPES]
         scale = 10.0 ** rng.uniform(-3, 1) if grad_scale is None else grad_scale
-        if zero_after is not None and t >= zero_after:
-            scale = after_scale  # a vanished (0) or collapsed gradient: the steps shrink
+        if quiet_after is not None and t >= quiet_after:
+            scale = quiet_scale  # a vanished (0) or collapsed gradient: the steps shrink
         gs = [np.asarray(scale * rng.normal(size=s), np.float32) for s in SHAPES]
         loss = np.float32(2.0 / (1 + t) + 0.1 * rng.normal())
         valid = np.float32(loss + rng.uniform(0, 0.5)) if valid_every and t % valid_every == 0 \
@@ -104,12 +104,12 @@ def test_vanished_gradients(weights_files, tmp_path):
     arch, theta, _ = weights_files["hierarchical"]
     arch = dataclasses.replace(arch, stall_rms=0.05)
     lopt.save(tmp_path / "w.safetensors", theta, arch)
-    _compare(arch, theta, tmp_path / "w.safetensors", steps=80, zero_after=20, chunk=16)
+    _compare(arch, theta, tmp_path / "w.safetensors", steps=80, quiet_after=20, chunk=16)
 
 
 def test_collapsed_gradients(weights_files):
     """Gradients a millionfold smaller after 20 steps: the collapse factor shrinks the steps."""
-    _compare(*weights_files["hierarchical"], steps=60, zero_after=20, after_scale=1e-6,
+    _compare(*weights_files["hierarchical"], steps=60, quiet_after=20, quiet_scale=1e-6,
              chunk=16)
 
 

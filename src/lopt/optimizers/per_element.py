@@ -143,7 +143,7 @@ def per_element_outputs(layers, skip, raws, biases, *, exp_mult: float, step_mul
     return steps, jnp.stack(means)
 
 
-def stall_factor(scales, stall_rms: float, collapse_ratio: float = COLLAPSE_RATIO) -> jax.Array:
+def stall_factor(scales, stall_rms: float, collapse_ratio: float) -> jax.Array:
     """A tensor's step factor from its ``channel_scales``: 1 unless its gradient has vanished
     or collapsed (see ``per_element_outputs``)."""
     vanished = jnp.minimum(1.0, scales[ADAM_LIKE_CHANNEL] / stall_rms)

@@ -344,10 +344,11 @@ def _cosines(sums: torch.Tensor) -> torch.Tensor:
 def apply_all(groups: list, net: Network, rms, biases) -> torch.Tensor:
     """Phase 2 for all tensors, with context ``biases [T, width]`` (``net`` on their device).
     Returns the mean of the last hidden layer of each tensor ``[T, width]``."""
-    firsts = net.first / (rms + 1e-30)[:, None, :]  # each channel's 1/RMS folded in
+    scales = rms + 1e-30  # ``channel_scales``
+    firsts = net.first / scales[:, None, :]  # each channel's 1/RMS folded in
     firsts[:, :net.width, 0] = net.first_bias + biases
     stall = (rms[:, MR + 1] / net.stall_rms).clamp(max=1.0)  # decay 0.9: m / sqrt(v)
-    recent = ((rms[:, V + 1] + 1e-30) / (rms[:, V + K - 1] + 1e-30)).sqrt()  # v: 0.9 / 0.9999
+    recent = (scales[:, V + 1] / scales[:, V + K - 1]).sqrt()  # v at decay 0.9 over 0.9999
     stall = stall * (recent / net.collapse_ratio).clamp(max=1.0)
     lrs = torch.tensor([it.lr for g in groups for it in g.items], device=rms.device)
     factors = stall * lrs
