@@ -2,17 +2,21 @@
 the held-out *selection* subset (never the test subset, which only the final report sees).
 
     python scripts/ship.py meta_runs/hierarchical-a [meta_runs/hierarchical-b SOUP.safetensors ...] \
-        --name hierarchical [--per-family 1] [--steps 2000] [--jobs 2] [--no-select]
+        --name hierarchical [--per-family 1] [--steps 2000] [--jobs 2] [--no-select] \
+        [--set adapt_rate=0.05 ...]
 
 Each candidate (a run's latest ``theta.safetensors``, or a weights file such as a soup of runs
 from ``scripts/soup.py``) is benchmarked on a sample of the selection subset
 (both modes); the one with the lowest mean normalised loss is written to
 ``src/lopt/pretrained/NAME.safetensors`` with a model card recording how it was made.
+``--set KEY=VALUE`` changes a config field that meta-training does not use (a guard, the
+step-size adaptation) for every candidate before it is scored and shipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -149,12 +153,38 @@ def _provenance(candidate: Path, card: dict) -> dict:
     return prov
 
 
-def selection_score(run: Path, per_family: int, steps: int) -> dict:
-    """Benchmarks ``run``'s latest weights on the selection sample (both modes)."""
+def parse_setting(text: str) -> tuple[str, object]:
+    """``"KEY=VALUE"`` with a JSON value (a number, ``true``/``false``) into ``(KEY, value)``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value must be a JSON number or "
+                                         "true/false") from None
+
+
+def configured(learned, settings: dict):
+    """``learned`` with the config fields in ``settings`` replaced (a clear error for a field
+    the architecture does not have)."""
+    fields = {f.name for f in dataclasses.fields(learned)}
+    unknown = sorted(set(settings) - fields)
+    if unknown:
+        raise SystemExit(f"--set: {learned.name!r} has no config field {', '.join(unknown)}; "
+                         f"it has {', '.join(sorted(fields))}")
+    return dataclasses.replace(learned, **settings)
+
+
+def selection_score(run: Path, per_family: int, steps: int, settings: dict | None = None
+                    ) -> dict:
+    """Benchmarks ``run``'s latest weights (config fields replaced by ``settings``) on the
+    selection sample (both modes)."""
     enable_compilation_cache()
     tasks = sample_tasks("held_out", per_family, subset="selection")
     store = BaselineStore(num_steps=steps, fallback=BASELINES)
     theta, learned, _ = load(_weights(run))
+    learned = configured(learned, settings or {})
     res = benchmark(tasks, learned, theta, num_steps=steps, store=store, progress=False)
     return {"selection_tasks": len(tasks), "selection_steps": steps,
             "selection_score": float(np.mean([m["summary"]["mean_normalised"]
@@ -172,11 +202,14 @@ def main() -> None:
                    help="candidates benchmarked at once, one process each (default 1)")
     p.add_argument("--no-select", action="store_true",
                    help="ship the single run without scoring it on the selection subset")
+    p.add_argument("--set", type=parse_setting, action="append", default=[], dest="settings",
+                   metavar="KEY=VALUE", help="replace a config field of every candidate")
     args = p.parse_args()
+    settings = dict(args.settings)
     scores = {}
     if not args.no_select:
         # One process per candidate (up to --jobs at once): each run is mostly one core.
-        jobs = [(run, args.per_family, args.steps) for run in args.runs]
+        jobs = [(run, args.per_family, args.steps, settings) for run in args.runs]
         if args.jobs > 1:
             ctx = multiprocessing.get_context("spawn")  # JAX's threads do not survive a fork
             with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
@@ -190,8 +223,10 @@ def main() -> None:
         raise SystemExit("--no-select ships exactly one run")
     best = min(args.runs, key=lambda r: scores[r]["selection_score"]) if scores else args.runs[0]
     theta, learned, card = load(_weights(best))
+    learned = configured(learned, settings)
     prov = {**_provenance(best, card), **scores.get(best, {"selection_score": None}),
-            "candidates": {str(r): s["selection_score"] for r, s in scores.items()}}
+            "candidates": {str(r): s["selection_score"] for r, s in scores.items()},
+            **({"settings": settings} if settings else {})}
     out = FOLDER / f"{args.name}.safetensors"
     save(out, theta, learned, provenance=prov)
     print(f"shipped {best} as {out}")

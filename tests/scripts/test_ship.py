@@ -72,3 +72,18 @@ def test_a_run_that_recorded_its_starting_card_may_start_from_a_shipped_file(tmp
     (tmp_path / "init_card.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match="shipped file"):
         ship._parent(shipped, tmp_path)
+
+
+def test_settings_replace_config_fields_and_refuse_unknown_ones():
+    import argparse
+
+    assert ship.parse_setting("adapt_rate=0.05") == ("adapt_rate", 0.05)
+    assert ship.parse_setting("alignment=true") == ("alignment", True)
+    for bad in ("adapt_rate", "=1", "adapt_rate=fast"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            ship.parse_setting(bad)
+    learned = lopt.Hierarchical()
+    assert ship.configured(learned, {"adapt_rate": 0.05}).adapt_rate == 0.05
+    assert learned.adapt_rate == 0.0
+    with pytest.raises(SystemExit, match="no config field adapt_speed"):
+        ship.configured(learned, {"adapt_speed": 0.05})

@@ -21,6 +21,9 @@ momentum (``features.alignment_features``), the signal step-size adaptation meth
 tell steps that are too small from steps that overshoot. Its input weights are a separate entry
 ``theta["align"]``, initialised to zero, so weights meta-trained without it start out
 computing exactly the same updates (``lopt.meta.trainer.initial_theta``).
+
+With ``adapt_rate`` above 0 the rule is wrapped in a per-tensor step-size adaptation
+(``step_adaptation.adapt_step_size``), which meta-training leaves off.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from lopt.optimizers.base import LearnedOptimizer
 from lopt.optimizers.nets import init_linear, init_mlp, lstm_step
 from lopt.optimizers.per_element import (ADAM_LIKE_CHANNEL, COLLAPSE_RATIO, MAX_LOG_SCALE,
                                          STALL_RMS, per_element_outputs, raw_rows)
+from lopt.optimizers.step_adaptation import ADAPT_MAX_LOG_SCALE, adapt_step_size
 
 
 class HierarchicalState(NamedTuple):
@@ -68,6 +72,10 @@ class Hierarchical(LearnedOptimizer):
     collapse_ratio: float = COLLAPSE_RATIO
     #: Feed the LSTM gradient-momentum cosines (``features.alignment_features``).
     alignment: bool = False
+    #: Per-tensor step-size adaptation around the learned rule (``step_adaptation``): its rate
+    #: (0: off, as in meta-training) and the most its log step multiplier may move either way.
+    adapt_rate: float = 0.0
+    adapt_max_log_scale: float = ADAPT_MAX_LOG_SCALE
 
     name = "hierarchical"
 
@@ -112,7 +120,11 @@ class Hierarchical(LearnedOptimizer):
                 pooled=jnp.zeros((self.pool_size,)),
                 loss_stats=F.init_loss_stats())
 
-        return self._transformation(theta, init_fn)
+        tx = self._transformation(theta, init_fn)
+        if self.adapt_rate:
+            tx = adapt_step_size(tx, rate=self.adapt_rate,
+                                 max_log_scale=self.adapt_max_log_scale)
+        return tx
 
     # -----------------------------------------------------------------------------------------
 

@@ -152,6 +152,8 @@ class Item:
         """Adds the flat float32 ``step`` times ``factor`` (the group's lr times the stall
         factor, ``apply_all``) to the parameter's elements from ``start`` on."""
         step.mul_(factor)
+        if "previous" in self.state:  # kept for the step-size adaptation (``_step_adaptation``)
+            self.state["previous"][start:start + step.numel()].copy_(step)
         dst = self.flat[start:start + step.numel()]
         dst.add_(step if dst.dtype == torch.float32 else step.to(dst.dtype))
 
@@ -341,9 +343,10 @@ def _cosines(sums: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, dots / torch.where(ok, norms, 1.0), 0.0).float()
 
 
-def apply_all(groups: list, net: Network, rms, biases) -> torch.Tensor:
-    """Phase 2 for all tensors, with context ``biases [T, width]`` (``net`` on their device).
-    Returns the mean of the last hidden layer of each tensor ``[T, width]``."""
+def apply_all(groups: list, net: Network, rms, biases, multipliers=None) -> torch.Tensor:
+    """Phase 2 for all tensors, with context ``biases [T, width]`` (``net`` on their device) and
+    optional step ``multipliers [T]``. Returns the mean of the last hidden layer of each tensor
+    ``[T, width]``."""
     scales = rms + 1e-30  # ``channel_scales``
     firsts = net.first / scales[:, None, :]  # each channel's 1/RMS folded in
     firsts[:, :net.width, 0] = net.first_bias + biases
@@ -351,7 +354,7 @@ def apply_all(groups: list, net: Network, rms, biases) -> torch.Tensor:
     recent = (scales[:, V + 1] / scales[:, V + K - 1]).sqrt()  # v at decay 0.9 over 0.9999
     stall = stall * (recent / net.collapse_ratio).clamp(max=1.0)
     lrs = torch.tensor([it.lr for g in groups for it in g.items], device=rms.device)
-    factors = stall * lrs
+    factors = stall * lrs if multipliers is None else stall * lrs * multipliers
     sums, start = [], 0
     for g in groups:
         stop, device = start + len(g.items), g.items[0].flat.device

@@ -7,6 +7,7 @@ import torch
 
 from lopt.torch._features import init_loss_stats, loss_features, size_features, step_features
 from lopt.torch._per_element import Item, Network, apply_all, groups, init_state, reduce_all
+from lopt.torch._step_adaptation import step_multipliers
 from lopt.torch._weights import Weights
 
 
@@ -68,7 +69,11 @@ class PerElementRule(Rule):
                                            summaries=self.summaries, device=device,
                                            alignment=self.alignment)
         biases, extra = self.context(works, glob, loss_f, rms, summaries, align)
-        means = apply_all(parts, self.network(device), rms, biases)
+        rate = getattr(self.learned, "adapt_rate", 0.0)
+        multipliers = step_multipliers(
+            works, rate=rate, max_log_scale=self.learned.adapt_max_log_scale,
+            device=device) if rate else None
+        means = apply_all(parts, self.network(device), rms, biases, multipliers)
         glob.update(stats)
         self.finish(works, means, glob, extra)
 
