@@ -91,3 +91,18 @@ def test_masked_validation_mode_equals_a_run_without_validation_losses():
     np.testing.assert_allclose(runs["valid"][0]["mean_loss"],
                                float(np.mean(fed.train_loss)), rtol=1e-6)
     assert runs["valid"][0]["mean_loss"] != runs["train_only"][0]["mean_loss"]
+
+
+def test_summary_writes_an_unreached_speed_up_in_words():
+    from lopt.evaluate.report import markdown
+
+    summary = {"tasks": 3, "mean_normalised": 0.1, "adam_tuned_mean_normalised": 0.2,
+               "adam_global_mean_normalised": 0.3, "win_fraction_tuned": 1.0,
+               "win_fraction_global": 1.0, "diverged_fraction": 0.0}
+    results = {"num_steps": 10, "adam_global_lr": 0.01, "modes": {
+        "valid": {"summary": {**summary, "median_speedup": float("inf")},
+                  "by_family": {"mlp": {**summary, "median_speedup": 1.25}}}}}
+    text = markdown(results, title="t")
+    assert "| 100% | not reached | 0% |" in text
+    assert "| mlp | 3 | 0.100 | 0.200 | 100% | 100% | 1.25x |" in text
+    assert "infx" not in text
