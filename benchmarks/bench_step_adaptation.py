@@ -1,11 +1,14 @@
 """How the step-size adaptation's rate changes the learned optimizer, on the *selection* subset.
 
-Benchmarks one weights file at several ``adapt_rate`` values (0: the learned rule alone) on the
-held-out selection sample the shipped default is chosen on, both modes, 2,000 steps. The test subset is never read here. Each rate's row is written as
-soon as it is done, so an interrupted run keeps what it measured.
+Benchmarks one weights file at several ``adapt_rate`` values (0: the learned rule alone), one
+multiplier per tensor and (``--element-rates``) one per element, on the held-out selection
+sample the shipped default is chosen on, both modes, 2,000 steps. The test subset is never read
+here. Each row is written as soon as it is done, and rows already in the results file for the
+same weights are kept, not rerun: an interrupted run continues where it stopped.
 
 Run: python benchmarks/bench_step_adaptation.py [--weights W] [--rates 0 0.02 0.05 0.1]
-(writes benchmarks/results/step_adaptation.{json,md}; about 4 minutes per rate on 2 cores)
+    [--element-rates 0.05 0.1]
+(writes benchmarks/results/step_adaptation.{json,md}; about 4 minutes per row on 2 cores)
 """
 
 from __future__ import annotations
@@ -48,13 +51,14 @@ def write(rows: list[dict], weights: str, out: Path) -> None:
              "`python benchmarks/bench_step_adaptation.py`: mean normalised loss over the run "
              "(lower is better), fed the validation loss every 10 steps / training loss only; "
              "2,000 steps, both modes, the held-out selection sample.", "",
-             "| adapt_rate | learned (valid / train-only) | tuned Adam | wins vs tuned | "
-             "wins vs global | diverged | 1-D convnets | autoencoders |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| adapt_rate | multiplier per | learned (valid / train-only) | tuned Adam | "
+             "wins vs tuned | wins vs global | diverged | 1-D convnets | autoencoders |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         v, t = r["modes"]["valid"], r["modes"]["train_only"]
         lines.append(
-            f"| {r['adapt_rate']} | {v['mean_normalised']:.4f} / {t['mean_normalised']:.4f} | "
+            f"| {r['adapt_rate']} | {'element' if r.get('per_element') else 'tensor'} | "
+            f"{v['mean_normalised']:.4f} / {t['mean_normalised']:.4f} | "
             f"{v['adam_tuned_mean_normalised']:.4f} | {v['win_fraction_tuned']:.0%} / "
             f"{t['win_fraction_tuned']:.0%} | {v['win_fraction_global']:.0%} / "
             f"{t['win_fraction_global']:.0%} | {v['diverged_fraction']:.0%} / "
@@ -65,10 +69,25 @@ def write(rows: list[dict], weights: str, out: Path) -> None:
     (out / "step_adaptation.md").write_text("\n".join(lines) + "\n")
 
 
+def _previous(out: Path, weights: str) -> list[dict]:
+    """Rows already measured for ``weights`` (older files lack the later keys: their defaults)."""
+    path = out / "step_adaptation.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    if data.get("weights") != weights:
+        return []
+    defaults = {"per_element": False, "per_family": 2, "steps": 2000}
+    return [{**defaults, **r} for r in data["rows"]]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default=None, help="weights file (default: shipped)")
-    parser.add_argument("--rates", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1])
+    parser.add_argument("--rates", type=float, nargs="*", default=[0.0, 0.02, 0.05, 0.1],
+                        help="rates with one multiplier per tensor")
+    parser.add_argument("--element-rates", type=float, nargs="*", default=[0.05, 0.1],
+                        help="rates with one multiplier per element")
     parser.add_argument("--per-family", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -76,12 +95,15 @@ def main(argv=None) -> None:
     enable_compilation_cache()
     weights = str(args.weights or os.path.relpath(weights_path(), Path.cwd()))
     theta, learned, _ = load(weights)
-    rows = []
-    for rate in args.rates:
-        arch = dataclasses.replace(learned, adapt_rate=rate)
-        rows.append({"adapt_rate": rate,
-                     "adapt_max_log_scale": arch.adapt_max_log_scale,
-                     "modes": score(arch, theta, args.per_family, args.steps)})
+    rows = _previous(args.out, weights)
+    configs = [(r, False) for r in args.rates] + [(r, True) for r in args.element_rates]
+    for rate, per_element in configs:
+        arch = dataclasses.replace(learned, adapt_rate=rate, adapt_per_element=per_element)
+        key = {"adapt_rate": rate, "adapt_max_log_scale": arch.adapt_max_log_scale,
+               "per_element": per_element, "per_family": args.per_family, "steps": args.steps}
+        if any({k: r.get(k) for k in key} == key for r in rows):
+            continue
+        rows.append({**key, "modes": score(arch, theta, args.per_family, args.steps)})
         write(rows, weights, args.out)
         print(f"adapt_rate {rate}: " + ", ".join(
             f"{m} {v['mean_normalised']:.4f}" for m, v in rows[-1]["modes"].items()), flush=True)

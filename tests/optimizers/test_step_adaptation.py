@@ -103,3 +103,21 @@ def test_hierarchical_wraps_only_when_asked():
         assert 0.0 < float(s.log_scale[name]) <= 0.05 + 1e-7
         np.testing.assert_allclose(adapted2[name], plain2[name] * np.exp(s.log_scale[name]),
                                    rtol=1e-5)
+
+
+def test_per_element_grows_the_flat_direction_and_shrinks_the_sharp_one():
+    # 0.5 * (x0^2 + 100 x1^2) with SGD at 0.015: x0 creeps (steps of 1.5% of its distance),
+    # x1 overshoots (x1 -> -0.5 x1 each step). One multiplier per tensor cannot serve both.
+    curvature = jnp.asarray([1.0, 100.0])
+    tx = adapt_step_size(optax.sgd(0.015), rate=0.1, max_log_scale=math.log(8.0),
+                         per_element=True)
+    params = {"x": jnp.asarray([1.0, 1.0])}
+    state = tx.init(params)
+    assert state.log_scale["x"].shape == (2,)
+    for _ in range(40):
+        updates, state = tx.update({"x": curvature * params["x"]}, state, params)
+        params = optax.apply_updates(params, updates)
+    log_scale = np.asarray(state.log_scale["x"])
+    np.testing.assert_allclose(log_scale[0], math.log(8.0), rtol=1e-6)
+    assert log_scale[1] < -0.2
+    assert abs(float(params["x"][0])) < 0.2  # plain SGD: 0.985^40 = 0.55

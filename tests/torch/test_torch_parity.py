@@ -137,11 +137,13 @@ def test_alignment_inputs(weights_files, tmp_path, chunk, grad_scale):
              valid_every=5, steps=20)
 
 
+@pytest.mark.parametrize("per_element", [False, True], ids=["per-tensor", "per-element"])
 @pytest.mark.parametrize("chunk", [None, 16], ids=["packed", "chunked"])
-def test_step_adaptation(weights_files, tmp_path, chunk):
-    """The per-tensor step-size adaptation, at a rate large enough to move the multipliers by
-    a factor of several within the run."""
+def test_step_adaptation(weights_files, tmp_path, chunk, per_element):
+    """The step-size adaptation, at a rate large enough to move the multipliers by a factor of
+    several within the run."""
     arch, theta, _ = weights_files["hierarchical"]
-    arch = dataclasses.replace(arch, adapt_rate=0.5, adapt_max_log_scale=1.5)
+    arch = dataclasses.replace(arch, adapt_rate=0.5, adapt_max_log_scale=1.5,
+                               adapt_per_element=per_element)
     lopt.save(tmp_path / "w.safetensors", theta, arch)
     _compare(arch, theta, tmp_path / "w.safetensors", chunk=chunk, valid_every=5, steps=30)

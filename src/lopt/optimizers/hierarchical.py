@@ -72,10 +72,12 @@ class Hierarchical(LearnedOptimizer):
     collapse_ratio: float = COLLAPSE_RATIO
     #: Feed the LSTM gradient-momentum cosines (``features.alignment_features``).
     alignment: bool = False
-    #: Per-tensor step-size adaptation around the learned rule (``step_adaptation``): its rate
-    #: (0: off, as in meta-training) and the most its log step multiplier may move either way.
+    #: Step-size adaptation around the learned rule (``step_adaptation``): its rate (0: off, as
+    #: in meta-training), the most a log step multiplier may move either way, and whether each
+    #: element has its own multiplier (else each tensor).
     adapt_rate: float = 0.0
     adapt_max_log_scale: float = ADAPT_MAX_LOG_SCALE
+    adapt_per_element: bool = False
 
     name = "hierarchical"
 
@@ -122,8 +124,8 @@ class Hierarchical(LearnedOptimizer):
 
         tx = self._transformation(theta, init_fn)
         if self.adapt_rate:
-            tx = adapt_step_size(tx, rate=self.adapt_rate,
-                                 max_log_scale=self.adapt_max_log_scale)
+            tx = adapt_step_size(tx, rate=self.adapt_rate, max_log_scale=self.adapt_max_log_scale,
+                                 per_element=self.adapt_per_element)
         return tx
 
     # -----------------------------------------------------------------------------------------

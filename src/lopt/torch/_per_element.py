@@ -152,7 +152,9 @@ class Item:
         """Adds the flat float32 ``step`` times ``factor`` (the group's lr times the stall
         factor, ``apply_all``) to the parameter's elements from ``start`` on."""
         step.mul_(factor)
-        if "previous" in self.state:  # kept for the step-size adaptation (``_step_adaptation``)
+        if "element_log_scale" in self.state:  # the step-size adaptation (``_step_adaptation``)
+            step.mul_(self.state["element_log_scale"][start:start + step.numel()].exp())
+        if "previous" in self.state:
             self.state["previous"][start:start + step.numel()].copy_(step)
         dst = self.flat[start:start + step.numel()]
         dst.add_(step if dst.dtype == torch.float32 else step.to(dst.dtype))

@@ -7,7 +7,7 @@ import torch
 
 from lopt.torch._features import init_loss_stats, loss_features, size_features, step_features
 from lopt.torch._per_element import Item, Network, apply_all, groups, init_state, reduce_all
-from lopt.torch._step_adaptation import step_multipliers
+from lopt.torch._step_adaptation import adapt
 from lopt.torch._weights import Weights
 
 
@@ -70,9 +70,9 @@ class PerElementRule(Rule):
                                            alignment=self.alignment)
         biases, extra = self.context(works, glob, loss_f, rms, summaries, align)
         rate = getattr(self.learned, "adapt_rate", 0.0)
-        multipliers = step_multipliers(
-            works, rate=rate, max_log_scale=self.learned.adapt_max_log_scale,
-            device=device) if rate else None
+        multipliers = adapt(works, rate=rate, max_log_scale=self.learned.adapt_max_log_scale,
+                            per_element=self.learned.adapt_per_element,
+                            device=device) if rate else None
         means = apply_all(parts, self.network(device), rms, biases, multipliers)
         glob.update(stats)
         self.finish(works, means, glob, extra)
