@@ -180,7 +180,7 @@ def _benchmark(args) -> int:
 def _summary_table(results, title):
     from rich.table import Table
 
-    from lopt.evaluate.report import MODE_LABELS
+    from lopt.evaluate.report import MODE_LABELS, speedup_text
 
     modes = list(results["modes"])
     table = Table(title=f"{title}\n(normalised loss: 0 = best baseline, 1 = initial)")
@@ -192,10 +192,11 @@ def _summary_table(results, title):
             ("Adam best global lr", "adam_global_mean_normalised", "{:.3f}"),
             ("wins vs tuned Adam", "win_fraction_tuned", "{:.0%}"),
             ("wins vs global Adam", "win_fraction_global", "{:.0%}"),
-            ("median speed-up vs tuned", "median_speedup", "{:.2f}x"),
+            ("median speed-up vs tuned", "median_speedup", speedup_text),
             ("diverged", "diverged_fraction", "{:.0%}"))
     for label, key, fmt in rows:
-        table.add_row(label, *(fmt.format(results["modes"][m]["summary"][key]) for m in modes))
+        show = fmt if callable(fmt) else fmt.format
+        table.add_row(label, *(show(results["modes"][m]["summary"][key]) for m in modes))
     return table
 
 

@@ -43,7 +43,7 @@ def markdown(results: dict[str, Any], *, title: str) -> str:
             f"| {MODE_LABELS.get(mode, mode)} | {s['tasks']} | {s['mean_normalised']:.3f} | "
             f"{s['adam_tuned_mean_normalised']:.3f} | {s['adam_global_mean_normalised']:.3f} | "
             f"{s['win_fraction_tuned']:.0%} | {s['win_fraction_global']:.0%} | "
-            f"{_speedup(s['median_speedup'])} | {s['diverged_fraction']:.0%} |")
+            f"{speedup_text(s['median_speedup'])} | {s['diverged_fraction']:.0%} |")
     for mode, r in results["modes"].items():
         lines += ["", f"## By family ({MODE_LABELS.get(mode, mode)})", "",
                   "| family | tasks | learned | tuned Adam | wins vs tuned | wins vs global | "
@@ -51,16 +51,18 @@ def markdown(results: dict[str, Any], *, title: str) -> str:
         for family, s in sorted(r["by_family"].items()):
             lines.append(f"| {family} | {s['tasks']} | {s['mean_normalised']:.3f} | "
                          f"{s['adam_tuned_mean_normalised']:.3f} | {s['win_fraction_tuned']:.0%} | "
-                         f"{s['win_fraction_global']:.0%} | {_speedup(s['median_speedup'])} |")
-    lines += ["", "Speed-up: steps tuned Adam needs to reach the learned optimizer's final loss over "
-              "the steps the learned optimizer needed; \"not reached\" where on over half the "
+                         f"{s['win_fraction_global']:.0%} | "
+                         f"{speedup_text(s['median_speedup'])} |")
+    lines += ["", "Speed-up: steps tuned Adam needs to reach the learned optimizer's final loss "
+              "over the steps the learned optimizer needed; \"not reached\" where on over half the "
               "tasks tuned Adam never reaches it within the run.", "",
               "Figures: `differences.png` (per-task normalised loss minus the baseline's; "
               "left of 0 the learned optimizer is better), `wins.png`, `curves.png`.", ""]
     return "\n".join(lines)
 
 
-def _speedup(x: float) -> str:
+def speedup_text(x: float) -> str:
+    """A median speed-up for people: \"not reached\" where tuned Adam never gets there."""
     return "not reached" if math.isinf(x) else f"{x:.2f}x"
 
 
