@@ -22,8 +22,9 @@ tell steps that are too small from steps that overshoot. Its input weights are a
 ``theta["align"]``, initialised to zero, so weights meta-trained without it start out
 computing exactly the same updates (``lopt.meta.trainer.initial_theta``).
 
-With ``adapt_rate`` above 0 the rule is wrapped in a per-tensor step-size adaptation
-(``step_adaptation.adapt_step_size``), which meta-training leaves off.
+With ``adapt_rate`` above 0 the rule is wrapped in a step-size adaptation, per tensor or (with
+``adapt_per_element``) per element (``step_adaptation.adapt_step_size``), which meta-training
+leaves off.
 """
 
 from __future__ import annotations

@@ -38,27 +38,30 @@ class StepAdaptationState(NamedTuple):
     log_scale: Any  # per parameter: the log step multiplier (a scalar, or per element)
 
 
+def _unit(grad: jax.Array, previous: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Gradient (non-finite elements as zero) and previous update in float32, each divided by
+    its largest magnitude, so that neither their products nor their squares can underflow or
+    overflow."""
+    g = grad.astype(jnp.float32)
+    g = jnp.where(jnp.isfinite(g), g, 0.0)
+    u = previous.astype(jnp.float32)
+    return (g / jnp.maximum(jnp.max(jnp.abs(g)), 1e-30),
+            u / jnp.maximum(jnp.max(jnp.abs(u)), 1e-30))
+
+
 def descent_cosine(grad: jax.Array, previous: jax.Array) -> jax.Array:
     """Cosine between ``-grad`` and the ``previous`` update (0 where either is zero);
     non-finite gradient elements count as zero, as the learned optimizers' clipping treats them."""
-    g = grad.astype(jnp.float32).reshape(-1)
-    g = jnp.where(jnp.isfinite(g), g, 0.0)
-    u = previous.astype(jnp.float32).reshape(-1)
-    # Rescaled by the max, so that neither product can underflow or overflow in float32.
-    g = g / jnp.maximum(jnp.max(jnp.abs(g)), 1e-30)
-    u = u / jnp.maximum(jnp.max(jnp.abs(u)), 1e-30)
+    g, u = _unit(grad, previous)
     norms = jnp.sqrt(jnp.sum(g * g) * jnp.sum(u * u))
-    return jnp.where(norms > 0, -jnp.sum(g * u) / jnp.where(norms > 0, norms, 1.0), 0.0)
+    ok = norms > 0
+    return jnp.where(ok, -jnp.sum(g * u) / jnp.where(ok, norms, 1.0), 0.0)
 
 
 def descent_agreement(grad: jax.Array, previous: jax.Array) -> jax.Array:
     """Per element, ``-grad * previous`` over the product of their RMS, clipped to [-1, 1]
     (0 where either is zero; non-finite gradient elements count as zero)."""
-    g = grad.astype(jnp.float32)
-    g = jnp.where(jnp.isfinite(g), g, 0.0)
-    u = previous.astype(jnp.float32)
-    g = g / jnp.maximum(jnp.max(jnp.abs(g)), 1e-30)
-    u = u / jnp.maximum(jnp.max(jnp.abs(u)), 1e-30)
+    g, u = _unit(grad, previous)
     norms = jnp.sqrt(jnp.mean(g * g) * jnp.mean(u * u))
     ok = norms > 0
     return jnp.clip(jnp.where(ok, -g * u / jnp.where(ok, norms, 1.0), 0.0), -1.0, 1.0)
