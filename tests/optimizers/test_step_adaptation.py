@@ -1,4 +1,4 @@
-"""Per-tensor step-size adaptation (``lopt.optimizers.step_adaptation``)."""
+"""Step-size adaptation, per tensor and per element (``lopt.optimizers.step_adaptation``)."""
 
 import dataclasses
 import math
