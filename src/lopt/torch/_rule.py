@@ -72,7 +72,7 @@ class PerElementRule(Rule):
         rate = getattr(self.learned, "adapt_rate", 0.0)
         multipliers = adapt(works, rate=rate, max_log_scale=self.learned.adapt_max_log_scale,
                             per_element=self.learned.adapt_per_element,
-                            device=device) if rate else None
+                            device=device, chunk=self.network(device).chunk) if rate else None
         means = apply_all(parts, self.network(device), rms, biases, multipliers)
         glob.update(stats)
         self.finish(works, means, glob, extra)

@@ -2,7 +2,8 @@
 
 Each tensor keeps the update applied last step (``state["previous"]``, which ``Item.add_``
 fills in) and its log step multiplier: a scalar ``state["log_scale"]``, or per element
-``state["element_log_scale"]``, which ``Item.add_`` applies chunk by chunk.
+``state["element_log_scale"]``, which ``Item.add_`` applies chunk by chunk. The descent signals
+are computed a chunk at a time too, so no parameter-sized temporary is made.
 """
 
 from __future__ import annotations
@@ -10,35 +11,57 @@ from __future__ import annotations
 import torch
 
 
-def _unit(grad: torch.Tensor, previous: torch.Tensor):
-    """Gradient (non-finite elements as zero) and previous update, each divided by its largest
-    magnitude, in float32: their products can neither underflow nor overflow."""
-    g = torch.nan_to_num(grad.float(), 0.0, 0.0, 0.0)
-    u = previous.float()
-    return g / g.abs().max().clamp(min=1e-30), u / u.abs().max().clamp(min=1e-30)
+def _spans(x: torch.Tensor, chunk: int):
+    return [(a, min(a + chunk, x.numel())) for a in range(0, x.numel(), chunk)]
 
 
-def descent_cosine(grad: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(x.float(), 0.0, 0.0, 0.0)
+
+
+def _unit_sums(grad: torch.Tensor, previous: torch.Tensor, chunk: int):
+    """The inverse largest magnitudes of the gradient (non-finite elements as zero) and of the
+    previous update, and the sums ``g.g``, ``u.u``, ``g.u`` of the two divided by them: float32
+    unit vectors, whose products can neither underflow nor overflow."""
+    spans = _spans(grad, chunk)
+    ginv = 1.0 / torch.stack([_finite(grad[a:b]).abs().amax() for a, b in spans]).amax().clamp(
+        min=1e-30)
+    uinv = 1.0 / torch.stack([previous[a:b].abs().amax() for a, b in spans]).amax().clamp(
+        min=1e-30)
+    sums = torch.zeros(3, dtype=torch.float32, device=grad.device)
+    for a, b in spans:
+        g, u = _finite(grad[a:b]).mul_(ginv), previous[a:b].float() * uinv
+        sums += torch.stack([torch.dot(g, g), torch.dot(u, u), torch.dot(g, u)])
+    return ginv, uinv, sums
+
+
+def descent_cosine(grad: torch.Tensor, previous: torch.Tensor, chunk: int) -> torch.Tensor:
     """Cosine between ``-grad`` and the ``previous`` update (0 where either is zero), as
     ``lopt.optimizers.step_adaptation.descent_cosine``."""
-    g, u = _unit(grad, previous)
-    norms = (torch.dot(g, g) * torch.dot(u, u)).sqrt()
+    _, _, (gg, uu, gu) = _unit_sums(grad, previous, chunk)
+    norms = (gg * uu).sqrt()
     ok = norms > 0
-    return torch.where(ok, -torch.dot(g, u) / torch.where(ok, norms, 1.0), 0.0)
+    return torch.where(ok, -gu / torch.where(ok, norms, 1.0), 0.0)
 
 
-def descent_agreement(grad: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-    """Per element, ``-grad * previous`` over the product of their RMS, clipped to [-1, 1], as
-    ``lopt.optimizers.step_adaptation.descent_agreement``."""
-    g, u = _unit(grad, previous)
-    norms = (g.square().mean() * u.square().mean()).sqrt()
-    ok = norms > 0
-    return torch.where(ok, -g * u / torch.where(ok, norms, 1.0), 0.0).clamp_(-1.0, 1.0)
+def add_descent_agreement_(log_scale: torch.Tensor, grad: torch.Tensor, previous: torch.Tensor,
+                           *, rate: float, max_log_scale: float, chunk: int) -> None:
+    """Adds ``rate`` times, per element, ``-grad * previous`` over the product of their RMS
+    (clipped to [-1, 1], as ``lopt.optimizers.step_adaptation.descent_agreement``) to
+    ``log_scale``, then clips it to ``±max_log_scale``."""
+    ginv, uinv, (gg, uu, _) = _unit_sums(grad, previous, chunk)
+    norms = (gg * uu).sqrt() / grad.numel()
+    factor = torch.where(norms > 0, -1.0 / torch.where(norms > 0, norms, 1.0), 0.0)
+    for a, b in _spans(grad, chunk):
+        signal = _finite(grad[a:b]).mul_(ginv).mul_(previous[a:b].float() * uinv)
+        signal.mul_(factor).clamp_(-1.0, 1.0)
+        log_scale[a:b].add_(signal, alpha=rate).clamp_(-max_log_scale, max_log_scale)
 
 
-def adapt(works, *, rate: float, max_log_scale: float, per_element: bool, device):
-    """Moves each tensor's log step multiplier by ``rate`` times its descent signal; returns the
-    per-tensor multipliers ``[T]``, or None with ``per_element`` (``Item.add_`` applies them)."""
+def adapt(works, *, rate: float, max_log_scale: float, per_element: bool, device, chunk: int):
+    """Moves each tensor's log step multiplier by ``rate`` times its descent signal, reading
+    ``chunk`` elements at a time; returns the per-tensor multipliers ``[T]``, or None with
+    ``per_element`` (``Item.add_`` applies them)."""
     scales = []
     for w in works:
         state = w.state
@@ -49,11 +72,10 @@ def adapt(works, *, rate: float, max_log_scale: float, per_element: bool, device
             else:
                 state["log_scale"] = torch.zeros((), dtype=torch.float32, device=w.flat.device)
         if per_element:
-            signal = descent_agreement(w.grad, state["previous"])
-            state["element_log_scale"].add_(signal, alpha=rate).clamp_(-max_log_scale,
-                                                                       max_log_scale)
+            add_descent_agreement_(state["element_log_scale"], w.grad, state["previous"],
+                                   rate=rate, max_log_scale=max_log_scale, chunk=chunk)
         else:
-            cos = descent_cosine(w.grad, state["previous"])
+            cos = descent_cosine(w.grad, state["previous"], chunk)
             state["log_scale"] = (state["log_scale"] + rate * cos).clamp(-max_log_scale,
                                                                          max_log_scale)
             scales.append(state["log_scale"].to(device))
