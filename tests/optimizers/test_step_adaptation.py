@@ -9,7 +9,9 @@ import numpy as np
 import optax
 import pytest
 
+import lopt
 from lopt.optimizers import Hierarchical
+from lopt.pretrained import load_pretrained
 from lopt.optimizers.step_adaptation import (StepAdaptationState, adapt_step_size,
                                              descent_cosine)
 
@@ -121,3 +123,23 @@ def test_per_element_grows_the_flat_direction_and_shrinks_the_sharp_one():
     np.testing.assert_allclose(log_scale[0], math.log(8.0), rtol=1e-6)
     assert log_scale[1] < -0.2
     assert abs(float(params["x"][0])) < 0.2  # plain SGD: 0.985^40 = 0.55
+
+
+def test_wrapping_the_shipped_optimizer_equals_its_built_in_adaptation():
+    """``adapt_step_size(lopt.optimizer(), rate=r)`` (the README's way to add the adaptation to
+    the shipped default) computes what the default's own ``adapt_rate=r`` does."""
+    theta, learned, _ = load_pretrained()
+    wrapped = adapt_step_size(lopt.optimizer(), rate=0.05)
+    built_in = dataclasses.replace(learned, adapt_rate=0.05).optimizer(theta)
+    params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.ones(4)}
+    states = [tx.init(params) for tx in (wrapped, built_in)]
+    for step in range(4):
+        grads = jax.tree_util.tree_map(lambda p: p * (1.0 + step), params)
+        out = [tx.update(grads, s, params, value=jnp.asarray(1.0 / (1 + step)))
+               for tx, s in zip((wrapped, built_in), states)]
+        (u1, s1), (u2, s2) = out
+        for a, b in zip(jax.tree_util.tree_leaves(u1), jax.tree_util.tree_leaves(u2)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+        states = [s1, s2]
+        params = optax.apply_updates(params, u1)
+    assert any(abs(float(v)) > 0 for v in jax.tree_util.tree_leaves(states[0].log_scale))

@@ -67,7 +67,8 @@ def descent_agreement(grad: jax.Array, previous: jax.Array) -> jax.Array:
     return jnp.clip(jnp.where(ok, -g * u / jnp.where(ok, norms, 1.0), 0.0), -1.0, 1.0)
 
 
-def adapt_step_size(inner: optax.GradientTransformation, *, rate: float, max_log_scale: float,
+def adapt_step_size(inner: optax.GradientTransformation, *, rate: float,
+                    max_log_scale: float = ADAPT_MAX_LOG_SCALE,
                     per_element: bool = False) -> optax.GradientTransformationExtraArgs:
     """Wraps ``inner`` so that each tensor's (or with ``per_element`` each element's) update is
     scaled by its adapted step multiplier (see the module docstring); extra arguments
