@@ -11,9 +11,9 @@ import pytest
 
 import lopt
 from lopt.optimizers import Hierarchical
-from lopt.pretrained import load_pretrained
 from lopt.optimizers.step_adaptation import (StepAdaptationState, adapt_step_size,
                                              descent_cosine)
+from lopt.pretrained import load_pretrained
 
 
 def _quadratic_run(tx, x0, steps):
