@@ -43,6 +43,11 @@ ORDER = [0, 2, *range(3 + K, 3 + 2 * K), *range(3 + 3 * K, 3 + 4 * K), 1, *range
 _TINY = 1e-24
 
 
+def chunk_spans(n: int, chunk: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of each run of ``chunk`` elements (the last one shorter) in ``n``."""
+    return [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+
+
 def on_host(device: torch.device) -> bool:
     """Whether tensors on ``device`` live in host memory: then reading a value to decide on a
     fast path is free. Elsewhere (GPUs) the code never synchronises: it takes the safe path."""
@@ -188,7 +193,7 @@ class Chunked:
 
     def __init__(self, item: Item, net: Network):
         self.items, self.net, self.it = [item], net, item
-        self.chunks = [(s, min(s + net.chunk, item.n)) for s in range(0, item.n, net.chunk)]
+        self.chunks = chunk_spans(item.n, net.chunk)
 
     def reduce(self, summaries: bool, *, update: bool, exact: bool,
                alignment: bool = False) -> list[torch.Tensor]:

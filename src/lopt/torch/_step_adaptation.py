@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import torch
 
-
-def _spans(x: torch.Tensor, chunk: int):
-    return [(a, min(a + chunk, x.numel())) for a in range(0, x.numel(), chunk)]
+from lopt.torch._per_element import chunk_spans
 
 
 def _finite(x: torch.Tensor) -> torch.Tensor:
@@ -23,7 +21,7 @@ def _unit_sums(grad: torch.Tensor, previous: torch.Tensor, chunk: int):
     """The inverse largest magnitudes of the gradient (non-finite elements as zero) and of the
     previous update, and the sums ``g.g``, ``u.u``, ``g.u`` of the two divided by them: float32
     unit vectors, whose products can neither underflow nor overflow."""
-    spans = _spans(grad, chunk)
+    spans = chunk_spans(grad.numel(), chunk)
     ginv = 1.0 / torch.stack([_finite(grad[a:b]).abs().amax() for a, b in spans]).amax().clamp(
         min=1e-30)
     uinv = 1.0 / torch.stack([previous[a:b].abs().amax() for a, b in spans]).amax().clamp(
@@ -52,7 +50,7 @@ def add_descent_agreement_(log_scale: torch.Tensor, grad: torch.Tensor, previous
     ginv, uinv, (gg, uu, _) = _unit_sums(grad, previous, chunk)
     norms = (gg * uu).sqrt() / grad.numel()
     factor = torch.where(norms > 0, -1.0 / torch.where(norms > 0, norms, 1.0), 0.0)
-    for a, b in _spans(grad, chunk):
+    for a, b in chunk_spans(grad.numel(), chunk):
         signal = _finite(grad[a:b]).mul_(ginv).mul_(previous[a:b].float() * uinv)
         signal.mul_(factor).clamp_(-1.0, 1.0)
         log_scale[a:b].add_(signal, alpha=rate).clamp_(-max_log_scale, max_log_scale)
