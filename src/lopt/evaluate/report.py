@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from lopt.atomic import atomic_write_text
+from lopt.evaluate.intervals import task_intervals
 from lopt.evaluate.plots import _pyplot
 
 BASELINE_LABELS = {"adam_tuned": "Adam, lr tuned per task", "adam_global": "Adam, best global lr"}
@@ -53,12 +54,45 @@ def markdown(results: dict[str, Any], *, title: str) -> str:
                          f"{s['adam_tuned_mean_normalised']:.3f} | {s['win_fraction_tuned']:.0%} | "
                          f"{s['win_fraction_global']:.0%} | "
                          f"{speedup_text(s['median_speedup'])} |")
+    lines += uncertainty_lines(results)
     lines += ["", "Speed-up: steps tuned Adam needs to reach the learned optimizer's final loss "
               "over the steps the learned optimizer needed; \"not reached\" where on over half the "
               "tasks tuned Adam never reaches it within the run.", "",
               "Figures: `differences.png` (per-task normalised loss minus the baseline's; "
               "left of 0 the learned optimizer is better), `wins.png`, `curves.png`.", ""]
     return "\n".join(lines)
+
+
+def uncertainty_lines(results: dict[str, Any]) -> list[str]:
+    """The "how sure" table: 95% intervals over the sampled tasks (``intervals.task_intervals``)
+    for the mean difference to each Adam baseline and the win fractions against them."""
+    modes = {mode: r for mode, r in results["modes"].items() if r.get("tasks")}
+    if not modes:
+        return []
+    lines = ["", "## How sure (95% intervals over the sampled tasks)", "",
+             "| mode | learned - tuned Adam | learned - global Adam | wins vs tuned | "
+             "wins vs global |", "|---|---|---|---|---|"]
+    for mode, r in modes.items():
+        iv = task_intervals(r["tasks"])
+        s = r["summary"]
+        diff = lambda b: s["mean_normalised"] - s[f"adam_{b}_mean_normalised"]  # noqa: E731
+        lines.append(
+            f"| {MODE_LABELS.get(mode, mode)} | "
+            f"{diff('tuned'):+.4f} {_bracket(iv['difference_tuned'], '{:+.4f}')} | "
+            f"{diff('global'):+.4f} {_bracket(iv['difference_global'], '{:+.4f}')} | "
+            f"{s['win_fraction_tuned']:.0%} {_bracket(iv['wins_tuned'], '{:.0%}')} | "
+            f"{s['win_fraction_global']:.0%} {_bracket(iv['wins_global'], '{:.0%}')} |")
+    lines += ["", "Differences are in normalised loss (below 0 the learned optimizer is better); "
+              "a bootstrap over tasks (paired) for the differences, Wilson's interval for the "
+              "win fractions. They count only the choice of tasks: every run is seeded."]
+    return lines
+
+
+def _bracket(interval: tuple[float, float], fmt: str) -> str:
+    low, high = interval
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return ""
+    return f"[{fmt.format(low)}, {fmt.format(high)}]"
 
 
 def speedup_text(x: float) -> str:
