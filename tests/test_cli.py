@@ -49,6 +49,11 @@ def test_benchmark_end_to_end(tmp_path, capsys):
     assert (out / "differences.png").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "summary.md" in printed and "wins vs tuned Adam" in printed
+    from lopt.evaluate.intervals import task_intervals
+
+    low, high = task_intervals(results["modes"]["train_only"]["tasks"])["wins_tuned"]
+    assert "wins vs tuned Adam, 95%" in printed and f"[{low:.0%}, {high:.0%}]" in printed
+    assert f"[{low:.0%}, {high:.0%}]" in (out / "summary.md").read_text()
 
 
 def test_baselines_end_to_end(tmp_path, capsys):

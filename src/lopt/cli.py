@@ -180,7 +180,8 @@ def _benchmark(args) -> int:
 def _summary_table(results, title):
     from rich.table import Table
 
-    from lopt.evaluate.report import MODE_LABELS, speedup_text
+    from lopt.evaluate.intervals import task_intervals
+    from lopt.evaluate.report import MODE_LABELS, interval_text, speedup_text
 
     modes = list(results["modes"])
     table = Table(title=f"{title}\n(normalised loss: 0 = best baseline, 1 = initial)")
@@ -197,6 +198,12 @@ def _summary_table(results, title):
     for label, key, fmt in rows:
         show = fmt if callable(fmt) else fmt.format
         table.add_row(label, *(show(results["modes"][m]["summary"][key]) for m in modes))
+    # how sure: 95% intervals over the sampled tasks (as in summary.md)
+    intervals = {m: task_intervals(results["modes"][m]["tasks"]) for m in modes}
+    for label, key in (("lopt - tuned Adam, 95%", "difference_tuned"),
+                       ("wins vs tuned Adam, 95%", "wins_tuned")):
+        fmt = "{:+.4f}" if key.startswith("difference") else "{:.0%}"
+        table.add_row(label, *(interval_text(intervals[m][key], fmt) or "n/a" for m in modes))
     return table
 
 

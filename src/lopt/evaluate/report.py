@@ -78,17 +78,18 @@ def uncertainty_lines(results: dict[str, Any]) -> list[str]:
         diff = lambda b: s["mean_normalised"] - s[f"adam_{b}_mean_normalised"]  # noqa: E731
         lines.append(
             f"| {MODE_LABELS.get(mode, mode)} | "
-            f"{diff('tuned'):+.4f} {_bracket(iv['difference_tuned'], '{:+.4f}')} | "
-            f"{diff('global'):+.4f} {_bracket(iv['difference_global'], '{:+.4f}')} | "
-            f"{s['win_fraction_tuned']:.0%} {_bracket(iv['wins_tuned'], '{:.0%}')} | "
-            f"{s['win_fraction_global']:.0%} {_bracket(iv['wins_global'], '{:.0%}')} |")
+            f"{diff('tuned'):+.4f} {interval_text(iv['difference_tuned'], '{:+.4f}')} | "
+            f"{diff('global'):+.4f} {interval_text(iv['difference_global'], '{:+.4f}')} | "
+            f"{s['win_fraction_tuned']:.0%} {interval_text(iv['wins_tuned'], '{:.0%}')} | "
+            f"{s['win_fraction_global']:.0%} {interval_text(iv['wins_global'], '{:.0%}')} |")
     lines += ["", "Differences are in normalised loss (below 0 the learned optimizer is better); "
               "a bootstrap over tasks (paired) for the differences, Wilson's interval for the "
               "win fractions. They count only the choice of tasks: every run is seeded."]
     return lines
 
 
-def _bracket(interval: tuple[float, float], fmt: str) -> str:
+def interval_text(interval: tuple[float, float], fmt: str) -> str:
+    """``[low, high]`` with ``fmt`` for each end; empty where the interval is undefined."""
     low, high = interval
     if not (math.isfinite(low) and math.isfinite(high)):
         return ""
