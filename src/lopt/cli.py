@@ -200,9 +200,8 @@ def _summary_table(results, title):
         table.add_row(label, *(show(results["modes"][m]["summary"][key]) for m in modes))
     # how sure: 95% intervals over the sampled tasks (as in summary.md)
     intervals = {m: task_intervals(results["modes"][m]["tasks"]) for m in modes}
-    for label, key in (("lopt - tuned Adam, 95%", "difference_tuned"),
-                       ("wins vs tuned Adam, 95%", "wins_tuned")):
-        fmt = "{:+.4f}" if key.startswith("difference") else "{:.0%}"
+    for label, key, fmt in (("lopt - tuned Adam, 95%", "difference_tuned", "{:+.4f}"),
+                            ("wins vs tuned Adam, 95%", "wins_tuned", "{:.0%}")):
         table.add_row(label, *(interval_text(intervals[m][key], fmt) or "n/a" for m in modes))
     return table
 
