@@ -322,3 +322,29 @@ def test_alignment_inputs_start_at_zero_and_then_steer_the_update():
     assert any(not np.allclose(a, b, rtol=1e-3) for a, b in zip(last, same))
     grad = np.asarray(_meta_gradient(arch)["align"]["w"])
     assert np.isfinite(grad).all() and np.abs(grad).sum() > 0
+
+
+def test_kernel_step_mult_scales_only_kernel_steps():
+    """``kernel_step_mult`` multiplies the steps of rank >= 3 tensors, step after step, and
+    leaves every other tensor's step (and the state the rule carries) as it was, given the same
+    parameters and gradients."""
+    base = Hierarchical()
+    params = _params(jax.random.key(1))
+    grads = [_grads(jax.random.key(i), params) for i in range(4)]
+    theta = base.init(jax.random.key(0))
+
+    def run(arch):
+        state, ups = arch.optimizer(theta).init(params), []
+        for t, g in enumerate(grads):
+            u, state = _update(arch, theta, g, state, params, 1.0 / (1 + t))
+            ups.append(u)
+        return ups, state
+
+    ups, state = run(base)
+    ups3, state3 = run(dataclasses.replace(base, kernel_step_mult=3.0))
+    for u, u3 in zip(ups, ups3):
+        assert np.abs(u["conv"]).max() > 0
+        np.testing.assert_allclose(u3["conv"], 3.0 * u["conv"], rtol=1e-5)
+        for name in ("scalar", "bias", "w"):
+            np.testing.assert_allclose(u3[name], u[name], rtol=1e-5)
+    np.testing.assert_allclose(state3.lstm_h, state.lstm_h, rtol=1e-5, atol=1e-7)

@@ -147,3 +147,11 @@ def test_step_adaptation(weights_files, tmp_path, chunk, per_element):
                                adapt_per_element=per_element)
     lopt.save(tmp_path / "w.safetensors", theta, arch)
     _compare(arch, theta, tmp_path / "w.safetensors", chunk=chunk, valid_every=5, steps=30)
+
+
+def test_kernel_step_mult(weights_files, tmp_path):
+    """The multiplier on rank >= 3 tensors (the 4-D kernel here), with the step adaptation."""
+    arch, theta, _ = weights_files["hierarchical"]
+    arch = dataclasses.replace(arch, kernel_step_mult=2.5, adapt_rate=0.5)
+    lopt.save(tmp_path / "w.safetensors", theta, arch)
+    _compare(arch, theta, tmp_path / "w.safetensors", valid_every=5, steps=20)

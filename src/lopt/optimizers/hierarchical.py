@@ -22,6 +22,11 @@ tell steps that are too small from steps that overshoot. Its input weights are a
 ``theta["align"]``, initialised to zero, so weights meta-trained without it start out
 computing exactly the same updates (``lopt.meta.trainer.initial_theta``).
 
+``kernel_step_mult`` multiplies the steps of tensors of rank 3 or more (convolution kernels; in
+flax also the multi-head attention projections, ``DenseGeneral`` kernels) after meta-training:
+the meta-trained rule's direction on them is right and its steps too short
+(``benchmarks/bench_kernel_step.py``). Meta-training leaves it at 1.
+
 With ``adapt_rate`` above 0 the rule is wrapped in a step-size adaptation, per tensor or (with
 ``adapt_per_element``) per element (``step_adaptation.adapt_step_size``), which meta-training
 leaves off.
@@ -79,6 +84,8 @@ class Hierarchical(LearnedOptimizer):
     adapt_rate: float = 0.0
     adapt_max_log_scale: float = ADAPT_MAX_LOG_SCALE
     adapt_per_element: bool = False
+    #: Multiplier on the steps of tensors of rank 3 or more (1: the meta-trained rule as is).
+    kernel_step_mult: float = 1.0
 
     name = "hierarchical"
 
@@ -192,6 +199,8 @@ class Hierarchical(LearnedOptimizer):
         out_leaves = list(out_leaves)
         for step, i in zip(steps, live):
             p = p_leaves[i]
+            if p.ndim >= 3:
+                step = step * self.kernel_step_mult
             out_leaves[i] = step.reshape(p.shape).astype(p.dtype)
         feedback = jnp.tanh(means @ theta["feedback"]["w"] + theta["feedback"]["b"])
         return out_leaves, h, c, feedback, pooled

@@ -63,7 +63,9 @@ class PerElementRule(Rule):
         for p, _ in items:
             if not state[p]:
                 state[p].update(self.init_tensor_state(p))
-        parts = groups([Item(p, state[p], lr) for p, lr in items], self.network)
+        kernel = getattr(self.learned, "kernel_step_mult", 1.0)  # rank >= 3: as in JAX
+        parts = groups([Item(p, state[p], lr * kernel if p.dim() >= 3 else lr)
+                        for p, lr in items], self.network)
         works = [it for g in parts for it in g.items]  # the order of all per-tensor rows
         rms, summaries, align = reduce_all(parts, multiple=self.learned.clip_multiple,
                                            summaries=self.summaries, device=device,
