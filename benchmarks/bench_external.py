@@ -8,8 +8,9 @@ majority-token sequence task. Each trains for ``--steps`` steps with every weigh
 10 steps as well) and with Adam at four learning rates.
 
 Run: python benchmarks/bench_external.py [--weights A.safetensors LABEL=B.safetensors ...]
-(default: the shipped optimizer; a file's label is its stem unless given; writes
-benchmarks/results/external.{json,md})
+    [--problem digits_convnet ...] [--seed 1]
+(default: the shipped optimizer on all five problems, seed 0; a file's label is its stem unless
+given; writes benchmarks/results/external.{json,md})
 """
 
 from __future__ import annotations
@@ -140,29 +141,37 @@ def train(model, data, loss_fn, opt, steps: int, *, valid_every: int | None, see
 
 
 def main() -> None:
+    probs = problems()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", nargs="*", default=[],
                    help="weights files, optionally LABEL=FILE (default: the shipped one)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--out", type=Path, default=RESULTS / "external")
+    p.add_argument("--problem", action="append", default=None, choices=sorted(probs),
+                   help="only this problem (repeatable; default: all)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="initialisation and minibatch seed (the same for every optimizer)")
     args = p.parse_args()
     learned = {label: lopt.optimizer(weights=w) for label, w in map(_labelled, args.weights)} \
         or {"shipped": lopt.optimizer()}
     rows, start = [], time.time()
-    for name, (model, data, loss_fn) in problems().items():
+    for name, (model, data, loss_fn) in probs.items():
+        if args.problem and name not in args.problem:
+            continue
         runs = {f"adam {lr:g}": (optax.adam(lr), None) for lr in ADAM_LRS}
         for label, opt in learned.items():
             runs[f"{label} (train loss)"] = (opt, None)
             runs[f"{label} (+valid)"] = (opt, 10)
         for label, (opt, every) in runs.items():
-            losses, test = train(model, data, loss_fn, opt, args.steps, valid_every=every)
+            losses, test = train(model, data, loss_fn, opt, args.steps, valid_every=every,
+                                 seed=args.seed)
             finite = np.isfinite(losses).all() and np.isfinite(test)
             rows.append({"problem": name, "optimizer": label,
                          "mean_train_loss": float(np.mean(losses)) if finite else None,
                          "final_train_loss": float(np.mean(losses[-50:])) if finite else None,
                          "test_loss": test if finite else None})
             print(rows[-1], flush=True)
-    _write(args.out, rows, args.steps, time.time() - start, args.weights)
+    _write(args.out, rows, args.steps, time.time() - start, args.weights, args.seed)
 
 
 def _labelled(arg: str) -> tuple[str, str]:
@@ -174,16 +183,20 @@ def _labelled(arg: str) -> tuple[str, str]:
 def rewrite(path: Path) -> None:
     """Rewrites the Markdown of an earlier run from its JSON."""
     data = json.loads(path.with_suffix(".json").read_text())
-    _write(path, data["rows"], data["steps"], data.get("seconds", 0.0), data["weights"])
+    _write(path, data["rows"], data["steps"], data.get("seconds", 0.0), data["weights"],
+           data.get("seed", 0))
 
 
-def _write(out: Path, rows: list, steps: int, seconds: float, weights: list) -> None:
+def _write(out: Path, rows: list, steps: int, seconds: float, weights: list,
+           seed: int = 0) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(
-        {"steps": steps, "batch": BATCH, "weights": weights, "seconds": seconds, "rows": rows}, indent=1))
+        {"steps": steps, "batch": BATCH, "seed": seed, "weights": weights, "seconds": seconds,
+         "rows": rows}, indent=1))
     fmt = lambda v: "diverged" if v is None else f"{v:.4f}"  # noqa: E731
     lines = ["# Learned optimizers on models outside the task set", "",
-             f"Public API only; {steps} steps, batch {BATCH}, one seed. Mean train loss: the "
+             f"Public API only; {steps} steps, batch {BATCH}, one seed ({seed}). Mean train "
+             "loss: the "
              "training loss averaged over the run (what the benchmark's normalised loss "
              "averages); final: the last 50 steps; test: the held-out split after training. "
              f"Weights: {weights or ['shipped']}. Run time {seconds:.0f} s.", "",
