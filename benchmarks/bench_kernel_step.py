@@ -99,9 +99,8 @@ def main(argv=None) -> None:
     weights = str(args.weights or os.path.relpath(weights_path(), Path.cwd()))
     theta, learned, _ = load(weights)
     path = args.out / "kernel_step.json"
-    rows = []
-    if path.exists() and json.loads(path.read_text()).get("weights") == weights:
-        rows = json.loads(path.read_text())["rows"]
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    rows = previous["rows"] if previous.get("weights") == weights else []
     for mult in args.mults:
         if any(r["kernel_step_mult"] == mult and r["steps"] == args.steps for r in rows):
             continue

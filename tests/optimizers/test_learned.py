@@ -40,6 +40,16 @@ def _update(arch, theta, grads, state, params, loss, valid=None):
     return arch.optimizer(theta).update(grads, state, params, value=loss, **kw)
 
 
+def _updates_at(arch, theta, params, grad_list):
+    """The updates of ``grad_list`` in turn at fixed ``params`` (training loss 1), and the last
+    state: the rule's own response, with the parameters held still."""
+    state, ups = arch.optimizer(theta).init(params), []
+    for g in grad_list:
+        u, state = _update(arch, theta, g, state, params, 1.0)
+        ups.append(u)
+    return ups, state
+
+
 def _run(arch, params, grad_list, losses, valid=None):
     theta = arch.init(jax.random.key(0))
     state = arch.optimizer(theta).init(params)
@@ -306,11 +316,7 @@ def test_alignment_inputs_start_at_zero_and_then_steer_the_update():
     assert not np.any(np.asarray(grafted["align"]["w"]))
 
     def run(a, th):
-        state, ups = a.optimizer(th).init(params), []
-        for g in grads:
-            u, state = _update(a, th, g, state, params, 1.0)
-            ups.append(u)
-        return ups
+        return _updates_at(a, th, params, grads)[0]
 
     for u, v in zip(jax.tree_util.tree_leaves(run(base, theta)),
                     jax.tree_util.tree_leaves(run(arch, grafted))):
@@ -332,16 +338,9 @@ def test_kernel_step_mult_scales_only_kernel_steps():
     params = _params(jax.random.key(1))
     grads = [_grads(jax.random.key(i), params) for i in range(4)]
     theta = base.init(jax.random.key(0))
-
-    def run(arch):
-        state, ups = arch.optimizer(theta).init(params), []
-        for t, g in enumerate(grads):
-            u, state = _update(arch, theta, g, state, params, 1.0 / (1 + t))
-            ups.append(u)
-        return ups, state
-
-    ups, state = run(base)
-    ups3, state3 = run(dataclasses.replace(base, kernel_step_mult=3.0))
+    ups, state = _updates_at(base, theta, params, grads)
+    ups3, state3 = _updates_at(dataclasses.replace(base, kernel_step_mult=3.0), theta, params,
+                               grads)
     for u, u3 in zip(ups, ups3):
         assert np.abs(u["conv"]).max() > 0
         np.testing.assert_allclose(u3["conv"], 3.0 * u["conv"], rtol=1e-5)

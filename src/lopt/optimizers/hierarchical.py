@@ -23,9 +23,11 @@ tell steps that are too small from steps that overshoot. Its input weights are a
 computing exactly the same updates (``lopt.meta.trainer.initial_theta``).
 
 ``kernel_step_mult`` multiplies the steps of tensors of rank 3 or more (convolution kernels; in
-flax also the multi-head attention projections, ``DenseGeneral`` kernels) after meta-training:
-the meta-trained rule's direction on them is right and its steps too short
-(``benchmarks/bench_kernel_step.py``). Meta-training leaves it at 1.
+flax also the multi-head attention projections, ``DenseGeneral`` kernels). The meta-trained
+rule moves the task set's conv kernels the right way by too little, and a multiplier of 2 wins
+more of its held-out convnets, but trains a convnet and a transformer outside the task set
+worse (``benchmarks/bench_kernel_step.py``, README: Results), so it is 1 by default and in
+meta-training.
 
 With ``adapt_rate`` above 0 the rule is wrapped in a step-size adaptation, per tensor or (with
 ``adapt_per_element``) per element (``step_adaptation.adapt_step_size``), which meta-training
