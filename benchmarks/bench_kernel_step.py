@@ -37,8 +37,7 @@ KERNEL_FAMILIES = ("conv1d", "conv2d")
 def measure(learned, theta, mult: float, steps: int) -> dict:
     """Per mode: summary and per-task normalised losses of ``learned`` at ``kernel_step_mult``
     ``mult`` on the selection subset's convnets."""
-    tasks = [t for t in task_set("held_out", subset="selection")
-             if t.id.split("/")[0] in KERNEL_FAMILIES]
+    tasks = task_set("held_out", families=KERNEL_FAMILIES, subset="selection")
     arch = dataclasses.replace(learned, kernel_step_mult=mult)
     store = BaselineStore(num_steps=steps, fallback=BASELINES)
     res = benchmark(tasks, arch, theta, num_steps=steps, store=store, progress=False)
