@@ -7,8 +7,11 @@ subset the shipped default is chosen on (``--per-family`` tasks of each family, 
 written as soon as it is done, and rows already in the results file for the same weights are
 kept, not rerun: an interrupted run continues where it stopped.
 
+``--early-rate R --early-steps T`` gives every row a rate of R over the first T steps
+(``step_adaptation.early_rate_schedule``; the row's rate after them).
+
 Run: python benchmarks/bench_step_adaptation.py [--weights W] [--rates 0 0.02 0.05 0.1]
-    [--element-rates 0.05 0.1] [--full]
+    [--element-rates 0.05 0.1] [--early-rate 0.3 --early-steps 50] [--full]
 (writes benchmarks/results/step_adaptation.{json,md}; about 4 minutes per row on 2 cores,
 about 8 with --full)
 """
@@ -61,13 +64,15 @@ def write(rows: list[dict], weights: str, out: Path) -> None:
              "(lower is better), fed the validation loss every 10 steps / training loss only; "
              "2,000 steps, both modes, the held-out selection subset: two tasks per family "
              "(17 tasks) or, with `--full`, all 60.", "",
-             "| tasks | adapt_rate | multiplier per | learned (valid / train-only) | tuned Adam | "
-             "wins vs tuned | wins vs global | diverged | 1-D convnets | autoencoders |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| tasks | adapt_rate | early rate x steps | multiplier per | learned (valid / "
+             "train-only) | tuned Adam | wins vs tuned | wins vs global | diverged | 1-D convnets "
+             "| autoencoders |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         v, t = r["modes"]["valid"], r["modes"]["train_only"]
         lines.append(
             f"| {v.get('tasks', 17)} | {r['adapt_rate']} | "
+            f"{_early(r)} | "
             f"{'element' if r.get('per_element') else 'tensor'} | "
             f"{v['mean_normalised']:.4f} / {t['mean_normalised']:.4f} | "
             f"{v['adam_tuned_mean_normalised']:.4f} | {v['win_fraction_tuned']:.0%} / "
@@ -80,6 +85,11 @@ def write(rows: list[dict], weights: str, out: Path) -> None:
     (out / "step_adaptation.md").write_text("\n".join(lines) + "\n")
 
 
+def _early(row: dict) -> str:
+    """The early-rate column: ``rate x steps``, or ``-`` without an early rate."""
+    return f"{row['early_rate']} x {row['early_steps']}" if row.get("early_steps") else "-"
+
+
 def _previous(out: Path, weights: str) -> list[dict]:
     """Rows already measured for ``weights`` (older files lack the later keys: their defaults)."""
     path = out / "step_adaptation.json"
@@ -88,7 +98,8 @@ def _previous(out: Path, weights: str) -> list[dict]:
     data = json.loads(path.read_text())
     if data.get("weights") != weights:
         return []
-    defaults = {"per_element": False, "per_family": 2, "steps": 2000}
+    defaults = {"per_element": False, "per_family": 2, "steps": 2000, "early_rate": 0.0,
+                "early_steps": 0}
     return [{**defaults, **r} for r in data["rows"]]
 
 
@@ -99,6 +110,9 @@ def main(argv=None) -> None:
                         help="rates with one multiplier per tensor")
     parser.add_argument("--element-rates", type=float, nargs="*", default=[0.05, 0.1],
                         help="rates with one multiplier per element")
+    parser.add_argument("--early-rate", type=float, default=0.0,
+                        help="rate over the first --early-steps steps of every row")
+    parser.add_argument("--early-steps", type=int, default=0)
     parser.add_argument("--per-family", type=int, default=2)
     parser.add_argument("--full", action="store_true",
                         help="every task of the selection subset (overrides --per-family)")
@@ -112,9 +126,12 @@ def main(argv=None) -> None:
     per_family = None if args.full else args.per_family
     configs = [(r, False) for r in args.rates] + [(r, True) for r in args.element_rates]
     for rate, per_element in configs:
-        arch = dataclasses.replace(learned, adapt_rate=rate, adapt_per_element=per_element)
+        arch = dataclasses.replace(learned, adapt_rate=rate, adapt_per_element=per_element,
+                                   adapt_early_rate=args.early_rate,
+                                   adapt_early_steps=args.early_steps)
         key = {"adapt_rate": rate, "adapt_max_log_scale": arch.adapt_max_log_scale,
-               "per_element": per_element, "per_family": per_family, "steps": args.steps}
+               "per_element": per_element, "per_family": per_family, "steps": args.steps,
+               "early_rate": args.early_rate, "early_steps": args.early_steps}
         if any({k: r.get(k) for k in key} == key for r in rows):
             continue
         rows.append({**key, "modes": score(arch, theta, per_family, args.steps)})

@@ -12,7 +12,7 @@ import pytest
 import lopt
 from lopt.optimizers import Hierarchical
 from lopt.optimizers.step_adaptation import (StepAdaptationState, adapt_step_size,
-                                             descent_cosine)
+                                             descent_cosine, early_rate_schedule)
 from lopt.pretrained import load_pretrained
 
 
@@ -77,7 +77,28 @@ def test_descent_cosine_is_scale_free_and_safe():
                                1.0 / np.sqrt(51.0), rtol=1e-6)
 
 
+def test_early_rate_moves_the_multiplier_then_the_late_rate_takes_over():
+    # Consistent descent: the cosine is 1 from the second step on, so the log multiplier grows
+    # by the rate in force at each step: 0.3 at steps 1-4 (step 0 has no previous update),
+    # then 0.01 (a later rate of 0 would freeze it).
+    schedule = early_rate_schedule(0.01, early_rate=0.3, early_steps=5)
+    tx = adapt_step_size(optax.sgd(1e-3), rate=schedule, max_log_scale=10.0)
+    _, state = _quadratic_run(tx, [1.0, -2.0], 5)
+    np.testing.assert_allclose(state.log_scale["x"], 4 * 0.3, rtol=1e-5)
+    assert int(state.count) == 5
+    _, state = _quadratic_run(tx, [1.0, -2.0], 9)
+    np.testing.assert_allclose(state.log_scale["x"], 4 * 0.3 + 4 * 0.01, rtol=1e-5)
+    frozen = adapt_step_size(optax.sgd(1e-3), max_log_scale=10.0,
+                             rate=early_rate_schedule(0.0, early_rate=0.3, early_steps=5))
+    _, state = _quadratic_run(frozen, [1.0, -2.0], 9)
+    np.testing.assert_allclose(state.log_scale["x"], 4 * 0.3, rtol=1e-5)
+
+
 def test_bad_arguments_are_refused():
+    for kwargs in ({"early_rate": -0.1, "early_steps": 5}, {"early_rate": 0.1, "early_steps": -1},
+                   {"early_rate": 0.1, "early_steps": 2.5}):
+        with pytest.raises(ValueError, match="early"):
+            early_rate_schedule(0.0, **kwargs)
     with pytest.raises(ValueError, match="rate"):
         adapt_step_size(optax.sgd(1.0), rate=-0.1, max_log_scale=1.0)
     with pytest.raises(ValueError, match="max_log_scale"):

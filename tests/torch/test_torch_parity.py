@@ -149,6 +149,16 @@ def test_step_adaptation(weights_files, tmp_path, chunk, per_element):
     _compare(arch, theta, tmp_path / "w.safetensors", chunk=chunk, valid_every=5, steps=30)
 
 
+def test_early_step_adaptation(weights_files, tmp_path):
+    """A fast adaptation rate over the first steps, then a slow one (and, per element, none)."""
+    arch, theta, _ = weights_files["hierarchical"]
+    for late, per_element in ((0.05, False), (0.0, True)):
+        arch = dataclasses.replace(arch, adapt_rate=late, adapt_early_rate=0.4,
+                                   adapt_early_steps=8, adapt_per_element=per_element)
+        lopt.save(tmp_path / "w.safetensors", theta, arch)
+        _compare(arch, theta, tmp_path / "w.safetensors", valid_every=5, steps=20)
+
+
 def test_kernel_step_mult(weights_files, tmp_path):
     """The multiplier on rank >= 3 tensors (the 4-D kernel here), with the step adaptation."""
     arch, theta, _ = weights_files["hierarchical"]

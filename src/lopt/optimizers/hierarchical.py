@@ -48,7 +48,8 @@ from lopt.optimizers.base import LearnedOptimizer
 from lopt.optimizers.nets import init_linear, init_mlp, lstm_step
 from lopt.optimizers.per_element import (ADAM_LIKE_CHANNEL, COLLAPSE_RATIO, MAX_LOG_SCALE,
                                          STALL_RMS, per_element_outputs, raw_rows)
-from lopt.optimizers.step_adaptation import ADAPT_MAX_LOG_SCALE, adapt_step_size
+from lopt.optimizers.step_adaptation import (ADAPT_MAX_LOG_SCALE, adapt_step_size,
+                                             early_rate_schedule)
 
 
 class HierarchicalState(NamedTuple):
@@ -86,6 +87,10 @@ class Hierarchical(LearnedOptimizer):
     adapt_rate: float = 0.0
     adapt_max_log_scale: float = ADAPT_MAX_LOG_SCALE
     adapt_per_element: bool = False
+    #: A faster rate for the adaptation's first steps (``step_adaptation.early_rate_schedule``;
+    #: 0 steps: none).
+    adapt_early_rate: float = 0.0
+    adapt_early_steps: int = 0
     #: Multiplier on the steps of tensors of rank 3 or more (1: the meta-trained rule as is).
     kernel_step_mult: float = 1.0
 
@@ -133,8 +138,12 @@ class Hierarchical(LearnedOptimizer):
                 loss_stats=F.init_loss_stats())
 
         tx = self._transformation(theta, init_fn)
-        if self.adapt_rate:
-            tx = adapt_step_size(tx, rate=self.adapt_rate, max_log_scale=self.adapt_max_log_scale,
+        if self.adapt_rate or (self.adapt_early_rate and self.adapt_early_steps):
+            rate = self.adapt_rate
+            if self.adapt_early_steps:
+                rate = early_rate_schedule(rate, early_rate=self.adapt_early_rate,
+                                           early_steps=self.adapt_early_steps)
+            tx = adapt_step_size(tx, rate=rate, max_log_scale=self.adapt_max_log_scale,
                                  per_element=self.adapt_per_element)
         return tx
 

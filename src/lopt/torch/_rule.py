@@ -71,10 +71,13 @@ class PerElementRule(Rule):
                                            summaries=self.summaries, device=device,
                                            alignment=self.alignment)
         biases, extra = self.context(works, glob, loss_f, rms, summaries, align)
-        rate = getattr(self.learned, "adapt_rate", 0.0)
-        multipliers = adapt(works, rate=rate, max_log_scale=self.learned.adapt_max_log_scale,
-                            per_element=self.learned.adapt_per_element,
-                            device=device, chunk=self.network(device).chunk) if rate else None
+        learned = self.learned
+        rate = getattr(learned, "adapt_rate", 0.0)
+        early = (getattr(learned, "adapt_early_rate", 0.0), getattr(learned, "adapt_early_steps", 0))
+        multipliers = adapt(works, rate=rate, max_log_scale=learned.adapt_max_log_scale,
+                            per_element=learned.adapt_per_element, device=device,
+                            chunk=self.network(device).chunk, early_rate=early[0],
+                            early_steps=early[1]) if rate or (early[0] and early[1]) else None
         means = apply_all(parts, self.network(device), rms, biases, multipliers)
         glob.update(stats)
         self.finish(works, means, glob, extra)

@@ -56,25 +56,30 @@ def add_descent_agreement_(log_scale: torch.Tensor, grad: torch.Tensor, previous
         log_scale[a:b].add_(signal, alpha=rate).clamp_(-max_log_scale, max_log_scale)
 
 
-def adapt(works, *, rate: float, max_log_scale: float, per_element: bool, device, chunk: int):
-    """Moves each tensor's log step multiplier by ``rate`` times its descent signal, reading
-    ``chunk`` elements at a time; returns the per-tensor multipliers ``[T]``, or None with
-    ``per_element`` (``Item.add_`` applies them)."""
+def adapt(works, *, rate: float, max_log_scale: float, per_element: bool, device, chunk: int,
+          early_rate: float = 0.0, early_steps: int = 0):
+    """Moves each tensor's log step multiplier by ``rate`` (``early_rate`` over its first
+    ``early_steps`` steps) times its descent signal, reading ``chunk`` elements at a time;
+    returns the per-tensor multipliers ``[T]``, or None with ``per_element`` (``Item.add_``
+    applies them)."""
     scales = []
     for w in works:
         state = w.state
         if "previous" not in state:
             state["previous"] = torch.zeros(w.n, dtype=torch.float32, device=w.flat.device)
+            state["adapt_count"] = 0
             if per_element:
                 state["element_log_scale"] = torch.zeros_like(state["previous"])
             else:
                 state["log_scale"] = torch.zeros((), dtype=torch.float32, device=w.flat.device)
+        step_rate = early_rate if state.get("adapt_count", 0) < early_steps else rate
+        state["adapt_count"] = state.get("adapt_count", 0) + 1
         if per_element:
             add_descent_agreement_(state["element_log_scale"], w.grad, state["previous"],
-                                   rate=rate, max_log_scale=max_log_scale, chunk=chunk)
+                                   rate=step_rate, max_log_scale=max_log_scale, chunk=chunk)
         else:
             cos = descent_cosine(w.grad, state["previous"], chunk)
-            state["log_scale"] = (state["log_scale"] + rate * cos).clamp(-max_log_scale,
-                                                                         max_log_scale)
+            state["log_scale"] = (state["log_scale"] + step_rate * cos).clamp(-max_log_scale,
+                                                                              max_log_scale)
             scales.append(state["log_scale"].to(device))
     return None if per_element else torch.stack(scales).exp()
