@@ -94,7 +94,22 @@ def test_early_rate_moves_the_multiplier_then_the_late_rate_takes_over():
     np.testing.assert_allclose(state.log_scale["x"], 4 * 0.3, rtol=1e-5)
 
 
+def test_min_log_scale_zero_only_grows_the_step():
+    # Overshooting SGD (as above) would shrink its multiplier; bounded below at 0 it stays at 1
+    # and the run diverges as plain SGD does, while consistent descent still grows it.
+    grow_only = {"rate": 0.2, "max_log_scale": 3.0, "min_log_scale": 0.0}
+    xs, state = _quadratic_run(adapt_step_size(optax.sgd(2.5), **grow_only), [1.0], 10)
+    assert float(state.log_scale["x"]) == 0.0
+    plain, _ = _quadratic_run(optax.sgd(2.5), [1.0], 10)
+    np.testing.assert_allclose(xs, plain)
+    _, state = _quadratic_run(adapt_step_size(optax.sgd(0.01), **grow_only), [1.0], 10)
+    np.testing.assert_allclose(state.log_scale["x"], 9 * 0.2, rtol=1e-5)
+
+
 def test_bad_arguments_are_refused():
+    for lowest in (0.1, -2.0):
+        with pytest.raises(ValueError, match="min_log_scale"):
+            adapt_step_size(optax.sgd(1.0), rate=0.1, max_log_scale=1.0, min_log_scale=lowest)
     for kwargs in ({"early_rate": -0.1, "early_steps": 5}, {"early_rate": 0.1, "early_steps": -1},
                    {"early_rate": 0.1, "early_steps": 2.5}):
         with pytest.raises(ValueError, match="early"):

@@ -150,11 +150,13 @@ def test_step_adaptation(weights_files, tmp_path, chunk, per_element):
 
 
 def test_early_step_adaptation(weights_files, tmp_path):
-    """A fast adaptation rate over the first steps, then a slow one (and, per element, none)."""
+    """A fast adaptation rate over the first steps, then a slow one (and, per element, none; and
+    with multipliers that only grow)."""
     arch, theta, _ = weights_files["hierarchical"]
-    for late, per_element in ((0.05, False), (0.0, True)):
+    for late, per_element, lowest in ((0.05, False, None), (0.0, True, None), (0.0, False, 0.0)):
         arch = dataclasses.replace(arch, adapt_rate=late, adapt_early_rate=0.4,
-                                   adapt_early_steps=8, adapt_per_element=per_element)
+                                   adapt_early_steps=8, adapt_per_element=per_element,
+                                   adapt_min_log_scale=lowest)
         lopt.save(tmp_path / "w.safetensors", theta, arch)
         _compare(arch, theta, tmp_path / "w.safetensors", valid_every=5, steps=20)
 

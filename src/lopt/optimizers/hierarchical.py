@@ -86,6 +86,8 @@ class Hierarchical(LearnedOptimizer):
     #: element has its own multiplier (else each tensor).
     adapt_rate: float = 0.0
     adapt_max_log_scale: float = ADAPT_MAX_LOG_SCALE
+    #: The least log step multiplier (None: ``-adapt_max_log_scale``; 0: steps only grow).
+    adapt_min_log_scale: float | None = None
     adapt_per_element: bool = False
     #: A faster rate for the adaptation's first steps (``step_adaptation.early_rate_schedule``;
     #: 0 steps: none).
@@ -144,6 +146,7 @@ class Hierarchical(LearnedOptimizer):
                 rate = early_rate_schedule(rate, early_rate=self.adapt_early_rate,
                                            early_steps=self.adapt_early_steps)
             tx = adapt_step_size(tx, rate=rate, max_log_scale=self.adapt_max_log_scale,
+                                 min_log_scale=self.adapt_min_log_scale,
                                  per_element=self.adapt_per_element)
         return tx
 

@@ -88,15 +88,21 @@ def early_rate_schedule(rate: float, *, early_rate: float, early_steps: int) -> 
 
 def adapt_step_size(inner: optax.GradientTransformation, *, rate: float | optax.Schedule,
                     max_log_scale: float = ADAPT_MAX_LOG_SCALE,
+                    min_log_scale: float | None = None,
                     per_element: bool = False) -> optax.GradientTransformationExtraArgs:
     """Wraps ``inner`` so that each tensor's (or with ``per_element`` each element's) update is
     scaled by its adapted step multiplier (see the module docstring); extra arguments
     (``value=``, ``valid_loss=``) pass through. ``rate`` is a number or a schedule of the step
-    count (e.g. ``early_rate_schedule``)."""
+    count (e.g. ``early_rate_schedule``). The log multiplier stays in ``[min_log_scale,
+    max_log_scale]``; ``min_log_scale`` defaults to ``-max_log_scale``, and 0 lets it only grow
+    the rule's steps."""
     if not callable(rate) and not rate >= 0.0:
         raise ValueError(f"rate must be non-negative, got {rate}")
     if not max_log_scale >= 0.0:
         raise ValueError(f"max_log_scale must be non-negative, got {max_log_scale}")
+    lowest = -max_log_scale if min_log_scale is None else min_log_scale
+    if not -max_log_scale <= lowest <= 0.0:
+        raise ValueError(f"min_log_scale must be in [-max_log_scale, 0], got {min_log_scale}")
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
@@ -118,7 +124,7 @@ def adapt_step_size(inner: optax.GradientTransformation, *, rate: float | optax.
                 treedef.flatten_up_to(state.previous), treedef.flatten_up_to(state.log_scale)):
             if u.size:
                 signal = (descent_agreement if per_element else descent_cosine)(g, previous)
-                log_scale = jnp.clip(log_scale + step_rate * signal, -max_log_scale, max_log_scale)
+                log_scale = jnp.clip(log_scale + step_rate * signal, lowest, max_log_scale)
                 u = (u * jnp.exp(log_scale)).astype(u.dtype)
             outs.append(u)
             scales.append(log_scale)

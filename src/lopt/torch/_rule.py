@@ -74,10 +74,13 @@ class PerElementRule(Rule):
         learned = self.learned
         rate = getattr(learned, "adapt_rate", 0.0)
         early = (getattr(learned, "adapt_early_rate", 0.0), getattr(learned, "adapt_early_steps", 0))
-        multipliers = adapt(works, rate=rate, max_log_scale=learned.adapt_max_log_scale,
-                            per_element=learned.adapt_per_element, device=device,
-                            chunk=self.network(device).chunk, early_rate=early[0],
-                            early_steps=early[1]) if rate or (early[0] and early[1]) else None
+        multipliers = None
+        if rate or (early[0] and early[1]):
+            multipliers = adapt(works, rate=rate, max_log_scale=learned.adapt_max_log_scale,
+                                min_log_scale=getattr(learned, "adapt_min_log_scale", None),
+                                per_element=learned.adapt_per_element, device=device,
+                                chunk=self.network(device).chunk, early_rate=early[0],
+                                early_steps=early[1])
         means = apply_all(parts, self.network(device), rms, biases, multipliers)
         glob.update(stats)
         self.finish(works, means, glob, extra)

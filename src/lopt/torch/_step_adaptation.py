@@ -43,25 +43,28 @@ def descent_cosine(grad: torch.Tensor, previous: torch.Tensor, chunk: int) -> to
 
 
 def add_descent_agreement_(log_scale: torch.Tensor, grad: torch.Tensor, previous: torch.Tensor,
-                           *, rate: float, max_log_scale: float, chunk: int) -> None:
+                           *, rate: float, min_log_scale: float, max_log_scale: float,
+                           chunk: int) -> None:
     """Adds ``rate`` times, per element, ``-grad * previous`` over the product of their RMS
     (clipped to [-1, 1], as ``lopt.optimizers.step_adaptation.descent_agreement``) to
-    ``log_scale``, then clips it to ``±max_log_scale``."""
+    ``log_scale``, then clips it to ``[min_log_scale, max_log_scale]``."""
     ginv, uinv, (gg, uu, _) = _unit_sums(grad, previous, chunk)
     norms = (gg * uu).sqrt() / grad.numel()
     factor = torch.where(norms > 0, -1.0 / torch.where(norms > 0, norms, 1.0), 0.0)
     for a, b in chunk_spans(grad.numel(), chunk):
         signal = _finite(grad[a:b]).mul_(ginv).mul_(previous[a:b].float() * uinv)
         signal.mul_(factor).clamp_(-1.0, 1.0)
-        log_scale[a:b].add_(signal, alpha=rate).clamp_(-max_log_scale, max_log_scale)
+        log_scale[a:b].add_(signal, alpha=rate).clamp_(min_log_scale, max_log_scale)
 
 
 def adapt(works, *, rate: float, max_log_scale: float, per_element: bool, device, chunk: int,
-          early_rate: float = 0.0, early_steps: int = 0):
+          early_rate: float = 0.0, early_steps: int = 0, min_log_scale: float | None = None):
     """Moves each tensor's log step multiplier by ``rate`` (``early_rate`` over its first
     ``early_steps`` steps) times its descent signal, reading ``chunk`` elements at a time;
     returns the per-tensor multipliers ``[T]``, or None with ``per_element`` (``Item.add_``
-    applies them)."""
+    applies them). The multipliers stay in ``[min_log_scale, max_log_scale]`` (None:
+    ``-max_log_scale``)."""
+    lowest = -max_log_scale if min_log_scale is None else min_log_scale
     scales = []
     for w in works:
         state = w.state
@@ -76,10 +79,11 @@ def adapt(works, *, rate: float, max_log_scale: float, per_element: bool, device
         state["adapt_count"] = state.get("adapt_count", 0) + 1
         if per_element:
             add_descent_agreement_(state["element_log_scale"], w.grad, state["previous"],
-                                   rate=step_rate, max_log_scale=max_log_scale, chunk=chunk)
+                                   rate=step_rate, min_log_scale=lowest,
+                                   max_log_scale=max_log_scale, chunk=chunk)
         else:
             cos = descent_cosine(w.grad, state["previous"], chunk)
-            state["log_scale"] = (state["log_scale"] + step_rate * cos).clamp(-max_log_scale,
+            state["log_scale"] = (state["log_scale"] + step_rate * cos).clamp(lowest,
                                                                               max_log_scale)
             scales.append(state["log_scale"].to(device))
     return None if per_element else torch.stack(scales).exp()
