@@ -31,7 +31,9 @@ meta-training.
 
 With ``adapt_rate`` above 0 the rule is wrapped in a step-size adaptation, per tensor or (with
 ``adapt_per_element``) per element (``step_adaptation.adapt_step_size``), which meta-training
-leaves off.
+leaves off; ``adapt_early_rate`` over the first ``adapt_early_steps`` steps makes it fast at the
+start of a run (``step_adaptation.early_rate_schedule``), and ``adapt_min_log_scale=0`` lets it
+only lengthen the rule's steps.
 """
 
 from __future__ import annotations
