@@ -101,6 +101,11 @@ class Hierarchical(LearnedOptimizer):
     name = "hierarchical"
 
     @property
+    def adapts(self) -> bool:
+        """Whether the rule is wrapped in the step-size adaptation (a rate at some step)."""
+        return bool(self.adapt_rate or (self.adapt_early_rate and self.adapt_early_steps))
+
+    @property
     def lstm_inputs(self) -> int:
         return F.NUM_TENSOR_FEATURES + 3 + self.feedback_size + self.pool_size
 
@@ -142,7 +147,7 @@ class Hierarchical(LearnedOptimizer):
                 loss_stats=F.init_loss_stats())
 
         tx = self._transformation(theta, init_fn)
-        if self.adapt_rate or (self.adapt_early_rate and self.adapt_early_steps):
+        if self.adapts:
             rate = self.adapt_rate
             if self.adapt_early_steps:
                 rate = early_rate_schedule(rate, early_rate=self.adapt_early_rate,

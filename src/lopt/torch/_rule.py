@@ -75,7 +75,7 @@ class PerElementRule(Rule):
         rate = getattr(learned, "adapt_rate", 0.0)
         early = (getattr(learned, "adapt_early_rate", 0.0), getattr(learned, "adapt_early_steps", 0))
         multipliers = None
-        if rate or (early[0] and early[1]):
+        if getattr(learned, "adapts", False):
             multipliers = adapt(works, rate=rate, max_log_scale=learned.adapt_max_log_scale,
                                 min_log_scale=getattr(learned, "adapt_min_log_scale", None),
                                 per_element=learned.adapt_per_element, device=device,

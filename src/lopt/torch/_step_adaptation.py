@@ -70,13 +70,13 @@ def adapt(works, *, rate: float, max_log_scale: float, per_element: bool, device
         state = w.state
         if "previous" not in state:
             state["previous"] = torch.zeros(w.n, dtype=torch.float32, device=w.flat.device)
-            state["adapt_count"] = 0
             if per_element:
                 state["element_log_scale"] = torch.zeros_like(state["previous"])
             else:
                 state["log_scale"] = torch.zeros((), dtype=torch.float32, device=w.flat.device)
-        step_rate = early_rate if state.get("adapt_count", 0) < early_steps else rate
-        state["adapt_count"] = state.get("adapt_count", 0) + 1
+        count = state.get("adapt_count", 0)
+        step_rate = early_rate if count < early_steps else rate
+        state["adapt_count"] = count + 1
         if per_element:
             add_descent_agreement_(state["element_log_scale"], w.grad, state["previous"],
                                    rate=step_rate, min_log_scale=lowest,
