@@ -9,7 +9,7 @@ from lopt.meta import unroll as U
 from lopt.meta.config import MetaTrainConfig
 from lopt.meta.trainer import select_tasks
 from lopt.meta.worker import build_pools
-from lopt.optimizers import LearnedAdam, PerParameterMLP
+from lopt.optimizers import Hierarchical, LearnedAdam, PerParameterMLP
 
 
 def _regression_run(learned):
@@ -68,3 +68,27 @@ def test_train_only_runs_get_no_validation_loss():
     for a, b in zip(train_only, reference):
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, b) for a, b in zip(fed, train_only))
+
+
+def test_initial_state_meta_parameters_get_a_gradient_at_a_run_start():
+    # The hierarchical optimizer's LSTM starts from theta["lstm_init"]; reset builds that state
+    # outside the unroll, so the unroll must rebuild it for the gradient to reach it.
+    learned = Hierarchical(lstm_size=8, ffn_hidden=(8, 8), feedback_size=4, pool_size=4)
+    pool, theta, state = _regression_run(learned)
+    stale = learned.init(jax.random.key(5))  # reset ran with another outer step's theta
+    state = state._replace(opt_state=learned.optimizer(stale).init(state.params))
+
+    def grad_at(start):
+        def meta_loss(th):
+            _, meta, _, _ = U.unroll(pool, lambda: learned.optimizer(th), start, 5)
+            return jnp.mean(meta)
+        return jax.jit(jax.grad(meta_loss))(theta)
+
+    fresh = grad_at(state)
+    assert np.abs(np.asarray(fresh["lstm_init"]["h"])).max() > 0
+    assert np.abs(np.asarray(fresh["lstm_init"]["c"])).max() > 0
+    # Mid-run the state carries over: the initial state's parameters play no part.
+    later, _, _, _ = U.unroll(pool, lambda: learned.optimizer(theta), state, 5)
+    mid = grad_at(later)
+    assert np.abs(np.asarray(mid["lstm_init"]["h"])).max() == 0
+    assert np.abs(np.asarray(mid["lstm"]["w"])).max() > 0

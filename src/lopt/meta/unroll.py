@@ -87,6 +87,9 @@ def unroll(pool: Pool, make_opt, state: InnerState, num_steps: int, *,
     kind across truncations) gets the training loss alone, as most optax users call an
     optimizer; the others get a validation loss every ``valid_every`` steps.
 
+    A run at its first step starts from ``make_opt().init``, so that the meta-gradient (or
+    perturbation) reaches the meta-parameters of the optimizer's initial state.
+
     ``remat`` recomputes each step's intermediates when differentiating (TBPTT), keeping only
     the inner states between steps: the per-element network's activations of every step
     would otherwise be held for the backward pass.
@@ -98,6 +101,13 @@ def unroll(pool: Pool, make_opt, state: InnerState, num_steps: int, *,
     spec = pool.spec
     opt = make_opt()
     data = pool.task_data(state.task)
+    # A run at its first step takes its optimizer state from this unroll's meta-parameters:
+    # ``reset`` built it outside the differentiated (or perturbed) unroll, with the previous
+    # outer step's theta, so the entries that only set the initial state (the hierarchical
+    # optimizer's ``lstm_init``, ``feedback_init``) would never get a meta-gradient.
+    fresh = opt.init(state.params)
+    state = state._replace(opt_state=jax.tree_util.tree_map(
+        lambda f, s: jnp.where(state.step == 0, f, s), fresh, state.opt_state))
     # the run's key, hence its kind, is the same at every step of the unroll
     fed_valid = feeds_valid(state.key, train_only_fraction) if train_only_fraction > 0 else None
 
