@@ -1,4 +1,5 @@
-"""The inner unroll: rematerialised steps change memory, not the gradient; train-only runs."""
+"""The inner unroll: rematerialised steps change memory, not the gradient; train-only runs; a
+run's first unroll builds its optimizer state from the unroll's own meta-parameters."""
 
 import jax
 import jax.numpy as jnp
