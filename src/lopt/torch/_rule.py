@@ -72,15 +72,15 @@ class PerElementRule(Rule):
                                            alignment=self.alignment)
         biases, extra = self.context(works, glob, loss_f, rms, summaries, align)
         learned = self.learned
-        rate = getattr(learned, "adapt_rate", 0.0)
-        early = (getattr(learned, "adapt_early_rate", 0.0), getattr(learned, "adapt_early_steps", 0))
         multipliers = None
-        if getattr(learned, "adapts", False):
-            multipliers = adapt(works, rate=rate, max_log_scale=learned.adapt_max_log_scale,
-                                min_log_scale=getattr(learned, "adapt_min_log_scale", None),
+        if getattr(learned, "adapts", False):  # only rules with the adaptation's settings
+            multipliers = adapt(works, rate=learned.adapt_rate,
+                                max_log_scale=learned.adapt_max_log_scale,
+                                min_log_scale=learned.adapt_min_log_scale,
                                 per_element=learned.adapt_per_element, device=device,
-                                chunk=self.network(device).chunk, early_rate=early[0],
-                                early_steps=early[1])
+                                chunk=self.network(device).chunk,
+                                early_rate=learned.adapt_early_rate,
+                                early_steps=learned.adapt_early_steps)
         means = apply_all(parts, self.network(device), rms, biases, multipliers)
         glob.update(stats)
         self.finish(works, means, glob, extra)
